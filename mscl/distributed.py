@@ -1,0 +1,69 @@
+"""DDP helpers: rank / world size and gathering of variable-size samples across ranks.
+
+Gradient of :func:`gather_with_grad` under DDP: every rank gathers the samples of all ranks and
+computes the same global loss ``L``. The autograd-aware ``all_gather`` sends, in backward, the
+gradient of each gathered slice back to the rank that owns it and sums it over the ``W`` ranks;
+since the ``W`` ranks hold identical losses, the owner receives ``W * dL/dz_local``. DDP then
+averages parameter gradients over ranks (divides by ``W``), so each parameter ends up with exactly
+``dL/dtheta`` of the global loss, the same as a single process holding the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    """True when torch.distributed is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_sizes(x: Tensor) -> list[int]:
+    local = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    sizes = [torch.zeros_like(local) for _ in range(world_size())]
+    dist.all_gather(sizes, local)
+    return [int(size.item()) for size in sizes]
+
+
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    if x.shape[0] == rows:
+        return x
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))], 0)
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x [M_r, ...]`` of every rank in rank order, keeping the autograd graph.
+
+    Ranks may hold different ``M_r`` (sizes are gathered first, rows padded to the largest, and
+    the padding trimmed). Identity when not distributed. See the module docstring for why the
+    resulting gradients are correct under DDP gradient averaging.
+    """
+    if not is_distributed():
+        return x
+    sizes = _gather_sizes(x)
+    gathered = dist_nn.all_gather(_pad_rows(x, max(sizes)))
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes)], 0)
+
+
+def gather_labels(y: Tensor) -> Tensor:
+    """Concatenate ``y [M_r, ...]`` of every rank in rank order, without gradient."""
+    if not is_distributed():
+        return y
+    sizes = _gather_sizes(y)
+    padded = _pad_rows(y, max(sizes)).contiguous()
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes)], 0)

@@ -1,0 +1,207 @@
+"""The app in a real browser: one ``streamlit run app.py`` server on fake runs, Debian's Chromium driven by
+Selenium, every page visited, no exception box allowed, one screenshot per page in
+``test-artifacts/screenshots/``. A second, tiny script that raises proves the exception detector works.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from app_pages.common import PAGES  # noqa: E402
+from fake_run import write_fake_run  # noqa: E402
+from workbench.projections import precompute_projections  # noqa: E402
+from workbench.runs import load_run  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
+SERVER_START_TIMEOUT_S = 60
+PAGE_TIMEOUT_S = 60
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="the browser test needs `chromium` and `chromedriver` on PATH (Debian: apt-get install chromium chromium-driver)",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {server.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+@pytest.fixture
+def streamlit_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Start ``streamlit run <script>`` servers; every one is terminated at teardown."""
+    started: list[tuple[subprocess.Popen, object]] = []
+
+    def start(script: Path, env_extra: dict[str, str]) -> str:
+        port = _free_port()
+        log = open(tmp_path_factory.mktemp("streamlit-log") / "server.log", "w+")
+        env = {**os.environ, **env_extra}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        started.append((server, log))
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(f"{base}/_stcore/health", server, SERVER_START_TIMEOUT_S)
+        except (RuntimeError, TimeoutError) as error:
+            log.seek(0)
+            raise RuntimeError(f"{error}\n--- server log ---\n{log.read()}") from error
+        return base
+
+    yield start
+    for server, log in started:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1400,1000", "--hide-scrollbars"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_window_size(1400, 1000)
+    yield driver
+    driver.quit()
+
+
+def wait_until_rendered(driver, timeout_s: float = PAGE_TIMEOUT_S) -> None:
+    """Wait until Streamlit finished running the script: the app reports ``notRunning``, no status
+    widget or skeleton is shown, and the main block holds elements; twice in a row, 0.5 s apart."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout_s
+    calm_checks = 0
+    while time.monotonic() < deadline:
+        states = [element.get_attribute("data-test-script-state") for element in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stApp"]')]
+        busy = (
+            states != ["notRunning"]
+            or driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+            or driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSkeleton"]')
+            or driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSpinner"]')
+            or not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] [data-testid="stElementContainer"]')
+        )
+        calm_checks = 0 if busy else calm_checks + 1
+        if calm_checks >= 2:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{driver.current_url} was still running after {timeout_s} s")
+
+
+def exception_messages(driver) -> list[str]:
+    """Texts of the exception boxes Streamlit shows for uncaught errors (empty when there are none)."""
+    from selenium.webdriver.common.by import By
+
+    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')]
+
+
+def page_not_found(driver) -> bool:
+    """Whether Streamlit shows its "Page not found" dialog (an unknown URL path)."""
+    from selenium.webdriver.common.by import By
+
+    return any("Page not found" in element.text for element in driver.find_elements(By.CSS_SELECTOR, '[role="dialog"]'))
+
+
+def save_full_screenshot(driver, path: Path) -> None:
+    """Screenshot of the whole main area: the window is stretched to the content height first."""
+    height = driver.execute_script(
+        "const main = document.querySelector('[data-testid=\"stMain\"]');"
+        "return main ? main.scrollHeight : document.body.scrollHeight;"
+    )
+    driver.set_window_size(1400, int(min(max(1000, height + 40), 8000)))
+    time.sleep(1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1400, 1000)
+
+
+@pytest.fixture(scope="module")
+def fake_runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("browser-runs")
+    for name, seed, preset_kwargs in (("baseline", 0, {"with_projector": False}), ("contrastive", 1, {})):
+        path = write_fake_run(root / name, seed=seed, **preset_kwargs)
+        precompute_projections(load_run(path), methods=("pca",))
+    return root
+
+
+def test_every_page_renders_without_exception(streamlit_server_factory, browser, fake_runs_root: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    base = streamlit_server_factory(REPO_ROOT / "app.py", {"MSCL_RUNS": str(fake_runs_root)})
+    problems: dict[str, list[str]] = {}
+    for page in PAGES:
+        browser.get(f"{base}/{page.url}")
+        wait_until_rendered(browser)
+        save_full_screenshot(browser, SCREENSHOTS / f"{page.url_path}.png")
+        errors = exception_messages(browser)
+        if errors:
+            problems[page.url_path] = errors
+        assert not page_not_found(browser), f"{base}/{page.url} is not a page of the app"
+        title = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')
+        assert title and title[0].text.startswith(page.title), f"page {page.url_path} shows no '{page.title}' title"
+        charts = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] .js-plotly-plot')
+        assert charts, f"page {page.url_path} drew no plotly chart"
+    assert not problems, f"exception boxes on pages: {problems}"
+
+
+def test_detector_sees_an_exception_box(streamlit_server_factory, browser, tmp_path: Path) -> None:
+    script = tmp_path / "raising_app.py"
+    script.write_text(
+        "import streamlit as st\n"
+        "st.title('About to fail')\n"
+        "raise ValueError('deliberate failure for the browser test')\n"
+    )
+    base = streamlit_server_factory(script, {})
+    browser.get(base)
+    wait_until_rendered(browser)
+    errors = exception_messages(browser)
+    assert len(errors) == 1 and "deliberate failure for the browser test" in errors[0]

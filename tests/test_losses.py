@@ -1,0 +1,319 @@
+"""Supervised InfoNCE (reference and blocked) and MSCSLoss against a loop-based method.md §2-3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mscl.distributed import gather_labels, gather_with_grad, is_distributed, rank, world_size
+from mscl.losses import LossOutput, MSCSLoss, supervised_infonce, supervised_infonce_reference
+from mscl.sampler import ClassBalancedSampler, downsample_labels, map_positions
+
+IMPLEMENTATIONS = [supervised_infonce_reference, supervised_infonce]
+
+
+def loop_infonce(z, y, z2=None, y2=None, temperature=0.1):
+    """method.md §2 written out anchor by anchor and positive by positive (float64).
+
+    ``log(exp(s_ip) / (exp(s_ip) + sum_n exp(s_in)))`` is evaluated as
+    ``s_ip - logsumexp([s_ip, s_i1, ..., s_in])`` so that tiny temperatures stay finite.
+    """
+    anchors = F.normalize(z.double(), dim=1)
+    self_form = z2 is None
+    candidates = anchors if self_form else F.normalize(z2.double(), dim=1)
+    candidate_labels = y if self_form else y2
+    per_anchor = []
+    for i in range(len(anchors)):
+        positives = [j for j in range(len(candidates)) if candidate_labels[j] == y[i] and not (self_form and j == i)]
+        negatives = [j for j in range(len(candidates)) if candidate_labels[j] != y[i]]
+        if not positives:
+            continue
+        negative_logits = [anchors[i] @ candidates[n] / temperature for n in negatives]
+        terms = []
+        for p in positives:
+            positive_logit = anchors[i] @ candidates[p] / temperature
+            terms.append(positive_logit - torch.logsumexp(torch.stack([positive_logit, *negative_logits]), 0))
+        per_anchor.append(-sum(terms) / len(positives))
+    return sum(per_anchor) / len(per_anchor)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+
+
+def make_set(n: int, classes: int, seed: int, dim: int = 6, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, dim, generator=generator, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    return z, y
+
+
+def loss_and_grads(fn, inputs, **kwargs):
+    z, y, z2, y2 = inputs
+    loss = fn(z, y, z2, y2, **kwargs)
+    leaves = [t for t in (z, z2) if t is not None]
+    return loss, torch.autograd.grad(loss, leaves)
+
+
+def assert_close(a, b, tol):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert relative_error(loss_a.detach(), loss_b.detach()) < tol
+    for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
+        assert relative_error(grad_a, grad_b) < tol
+
+
+def self_inputs(seed: int):
+    z, y = make_set(23, 4, seed)
+    y[0] = 7  # a class with one sample: an anchor without positives
+    return z, y, None, None
+
+
+def cross_inputs(seed: int):
+    z, y = make_set(19, 5, seed)
+    y[:2] = 9  # classes absent from the candidates: anchors without positives
+    z2, y2 = make_set(17, 5, seed + 100)
+    return z, y, z2, y2
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("make_inputs", [self_inputs, cross_inputs], ids=["self", "cross"])
+def test_both_implementations_match_loop_formula(make_inputs, temperature):
+    inputs = make_inputs(seed=int(temperature * 100))
+    expected = loss_and_grads(loop_infonce, inputs, temperature=temperature)
+    assert_close(loss_and_grads(supervised_infonce_reference, inputs, temperature=temperature), expected, 1e-5)
+    for block_rows in (None, 4, 7, 100):  # smaller than N, not dividing N, larger than N
+        blocked = loss_and_grads(supervised_infonce, inputs, temperature=temperature, block_rows=block_rows)
+        assert_close(blocked, expected, 1e-5)
+
+
+@pytest.mark.parametrize("make_inputs", [self_inputs, cross_inputs], ids=["self", "cross"])
+def test_tiny_temperature_uses_stable_row_shift(make_inputs):
+    # 2/tau exceeds the exponent range where exp(s - 1/tau) is safe: the row-max shift is used.
+    inputs = make_inputs(seed=3)
+    expected = loss_and_grads(loop_infonce, inputs, temperature=0.002)
+    assert_close(loss_and_grads(supervised_infonce, inputs, temperature=0.002, block_rows=5), expected, 1e-5)
+    assert_close(loss_and_grads(supervised_infonce_reference, inputs, temperature=0.002), expected, 1e-5)
+    z, y, z2, y2 = inputs
+    as_float = (z.detach().float().requires_grad_(), y, None if z2 is None else z2.detach().float().requires_grad_(), y2)
+    expected32 = loss_and_grads(loop_infonce, as_float, temperature=0.02)
+    assert_close(loss_and_grads(supervised_infonce, as_float, temperature=0.02, block_rows=6), expected32, 1e-4)
+
+
+def test_anchor_without_positive_is_left_out_of_the_mean():
+    z, y, z2, y2 = cross_inputs(seed=5)
+    for fn in IMPLEMENTATIONS:
+        full = fn(z, y, z2, y2)
+        without = fn(z[2:], y[2:], z2, y2)  # rows 0-1 have no positive among the candidates
+        assert torch.allclose(full, without, rtol=1e-12, atol=0)
+
+
+def test_gradient_scales_with_incoming_gradient():
+    z, y, _, _ = self_inputs(seed=8)
+    (grad_one,) = torch.autograd.grad(supervised_infonce(z, y, block_rows=5), z)
+    (grad_three,) = torch.autograd.grad(3.0 * supervised_infonce(z, y, block_rows=5), z)
+    assert torch.allclose(grad_three, 3.0 * grad_one, rtol=1e-12, atol=1e-15)
+    assert grad_one.abs().max() > 0
+
+
+def test_no_grad_gives_same_value():
+    z, y, z2, y2 = cross_inputs(seed=9)
+    with torch.no_grad():
+        value = supervised_infonce(z, y, z2, y2, block_rows=3)
+    assert value.grad_fn is None
+    assert torch.allclose(value, loop_infonce(z, y, z2, y2).detach(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_bf16_autocast_matches_reference(cross):
+    generator = torch.Generator().manual_seed(11)
+    layer = torch.nn.Linear(16, 32)
+    x = torch.randn(300, 16, generator=generator)
+    y = torch.randint(0, 6, (300,), generator=generator)
+    implementations = [supervised_infonce_reference, lambda *args: supervised_infonce(*args, block_rows=37)]
+    results = []
+    for fn in implementations:
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = layer(x)
+            assert z.dtype == torch.bfloat16
+            loss = fn(z[:200], y[:200], z[200:], y[200:]) if cross else fn(z, y)
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        results.append((loss.detach(), layer.weight.grad.clone(), layer.bias.grad.clone()))
+    (ref_loss, ref_w, ref_b), (loss, w, b) = results
+    assert relative_error(loss, ref_loss) < 1e-3
+    assert relative_error(w, ref_w) < 1e-3
+    assert relative_error(b, ref_b) < 1e-3
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+def test_degenerate_inputs_give_finite_zero_with_graph(fn):
+    z, _ = make_set(10, 1, seed=12)
+    cases = [
+        (z, torch.zeros(10, dtype=torch.long), None, None),  # one class: no negatives
+        (z, torch.arange(10), None, None),  # every class once: no positives
+        (z[:0], torch.zeros(0, dtype=torch.long), None, None),  # empty
+        (z[:4], torch.zeros(4, dtype=torch.long), z[4:], torch.ones(6, dtype=torch.long)),  # cross, disjoint
+        (z[:4], torch.zeros(4, dtype=torch.long), z[4:4], torch.zeros(0, dtype=torch.long)),  # cross, empty
+    ]
+    for a, ya, b, yb in cases:
+        loss = fn(a, ya, b, yb)
+        assert loss.item() == 0.0
+        assert loss.requires_grad
+        (grad,) = torch.autograd.grad(loss, z)
+        assert torch.isfinite(grad).all() and grad.abs().max() == 0
+
+
+def test_one_class_cross_form_is_zero():
+    z, _ = make_set(8, 1, seed=13)
+    y = torch.zeros(8, dtype=torch.long)
+    for fn in IMPLEMENTATIONS:
+        loss = fn(z[:3], y[:3], z[3:], y[3:])
+        (grad,) = torch.autograd.grad(loss, z)
+        assert loss.item() == 0.0 and torch.isfinite(grad).all()
+
+
+def test_invalid_inputs_raise():
+    z, y = make_set(5, 2, seed=14)
+    with pytest.raises(ValueError, match="z must be"):
+        supervised_infonce(z, y[:4])
+    with pytest.raises(ValueError, match="together"):
+        supervised_infonce(z, y, z2=z)
+    with pytest.raises(ValueError, match="z2 must be"):
+        supervised_infonce_reference(z, y, z[:, :3], y)
+    with pytest.raises(ValueError, match="temperature"):
+        supervised_infonce(z, y, temperature=0.0)
+    with pytest.raises(ValueError, match="block_rows"):
+        supervised_infonce(z, y, block_rows=0)
+
+
+# ---------------------------------------------------------------- MSCSLoss
+
+
+def blocky_labels(batch: int, size: int, classes: int, cell: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    cells = torch.randint(0, classes, (batch, size // cell, size // cell), generator=generator)
+    return cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+
+
+def stage_embeddings(batch: int, size: int, strides=(2, 4, 8, 16), dim: int = 8, seed: int = 0, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, dim, size // s, size // s, generator=generator, dtype=dtype, requires_grad=True)
+        for s in strides
+    ]
+
+
+def small_loss(**kwargs) -> MSCSLoss:
+    settings = dict(num_classes=4, ignore_index=255, min_views_per_class=2, max_views_per_class=5, max_features_total=40)
+    settings.update(kwargs)
+    return MSCSLoss(**settings)
+
+
+def test_mscs_parts_and_total_match_loop_formula_on_sampled_points():
+    labels = blocky_labels(2, 32, 4, 8, seed=1)
+    labels[0, :8, :8] = 255
+    embeddings = stage_embeddings(2, 32)
+    loss_fn = small_loss(temperature=0.2, ms_weights=(1.0, 0.7, 0.4, 0.1), cs_weights=(1.0, 0.5))
+    output = loss_fn(embeddings, labels, torch.Generator().manual_seed(3))
+    assert isinstance(output, LossOutput)
+    assert list(output.parts) == ["ms/0", "ms/1", "ms/2", "ms/3", "cs/0-3", "cs/0-2"]
+    assert sorted(output.records) == [0, 1, 2, 3]
+
+    sampler = ClassBalancedSampler(4, 255, min_views_per_class=2, max_views_per_class=5, max_features_total=40)
+    generator = torch.Generator().manual_seed(3)
+    samples = [sampler(e, labels, generator) for e in embeddings]
+    expected = {f"ms/{s}": loop_infonce(p.embeddings, p.labels, temperature=0.2) for s, p in enumerate(samples)}
+    for a, b in [(0, 3), (0, 2)]:
+        expected[f"cs/{a}-{b}"] = loop_infonce(
+            samples[a].embeddings, samples[a].labels, samples[b].embeddings, samples[b].labels, temperature=0.2
+        )
+    for name, value in expected.items():
+        assert relative_error(output.parts[name].detach(), value.detach()) < 1e-10, name
+    weights = {"ms/0": 1.0, "ms/1": 0.7, "ms/2": 0.4, "ms/3": 0.1, "cs/0-3": 1.0, "cs/0-2": 0.5}
+    by_hand = sum(weights[name] * value for name, value in expected.items())
+    assert relative_error(output.total.detach(), by_hand.detach()) < 1e-10
+    assert output.records[0].views * output.records[0].groups == len(samples[0].labels)
+
+
+def test_mscs_reference_implementation_agrees_with_blocked():
+    labels = blocky_labels(2, 32, 4, 8, seed=2)
+    embeddings = stage_embeddings(2, 32, seed=2)
+    blocked = small_loss()(embeddings, labels, torch.Generator().manual_seed(4))
+    reference = small_loss(implementation="reference")(embeddings, labels, torch.Generator().manual_seed(4))
+    assert blocked.parts.keys() == reference.parts.keys()
+    assert relative_error(blocked.total.detach(), reference.total.detach()) < 1e-10
+
+
+def test_cs_detach_deepest_blocks_gradient_into_deepest_stage():
+    labels = blocky_labels(2, 32, 4, 8, seed=3)
+    for detach in (True, False):
+        embeddings = stage_embeddings(2, 32, seed=3)
+        loss_fn = small_loss(use_ms=False, cs_detach_deepest=detach)
+        loss_fn(embeddings, labels, torch.Generator().manual_seed(5)).total.backward()
+        deepest = embeddings[-1].grad
+        if detach:
+            assert deepest is None or deepest.abs().max() == 0
+        else:
+            assert deepest.abs().max() > 0
+        assert embeddings[0].grad.abs().max() > 0 and embeddings[2].grad.abs().max() > 0
+        assert embeddings[1].grad is None  # stage 1 is in no cs pair
+
+
+def test_same_positions_reuses_stage_zero_sample():
+    labels = blocky_labels(2, 32, 4, 8, seed=4)
+    embeddings = stage_embeddings(2, 32, seed=4)
+    output = small_loss(same_positions=True)(embeddings, labels, torch.Generator().manual_seed(6))
+    assert list(output.records) == [0]
+    sampler = ClassBalancedSampler(4, 255, min_views_per_class=2, max_views_per_class=5, max_features_total=40)
+    positions, sample_labels, _ = sampler.sample_positions(downsample_labels(labels, (16, 16)), torch.Generator().manual_seed(6))
+    stage3 = map_positions(positions, (16, 16), (2, 2))
+    z3 = embeddings[3][stage3[:, 0], :, stage3[:, 1], stage3[:, 2]]
+    assert relative_error(output.parts["ms/3"].detach(), loop_infonce(z3, sample_labels).detach()) < 1e-10
+
+
+@pytest.mark.parametrize("case", ["all_ignored", "one_class", "too_few_pixels"])
+def test_mscs_degenerate_batches_give_finite_zero(case):
+    labels = torch.full((2, 32, 32), 255, dtype=torch.long)
+    if case == "one_class":
+        labels[:] = 2
+    elif case == "too_few_pixels":
+        labels[0, 0, 0] = 1  # one pixel: below min_views_per_class at every stage
+    embeddings = stage_embeddings(2, 32, seed=5, dtype=torch.float32)
+    output = small_loss()(embeddings, labels, torch.Generator().manual_seed(7))
+    assert output.total.item() == 0.0 and output.total.grad_fn is not None
+    assert all(value.item() == 0.0 for value in output.parts.values())
+    output.total.backward()
+    for tensor in embeddings:
+        assert tensor.grad is None or torch.isfinite(tensor.grad).all()
+
+
+def test_mscs_invalid_configuration_raises():
+    labels = blocky_labels(1, 32, 4, 8, seed=6)
+    three_stages = stage_embeddings(1, 32, strides=(2, 4, 8))
+    with pytest.raises(ValueError, match="3 stage embeddings but ms_weights has 4"):
+        small_loss()(three_stages, labels)
+    with pytest.raises(ValueError, match=r"cs pair \(0, 5\) is out of range"):
+        small_loss(cs_pairs=((0, 5),), cs_weights=(1.0,))(stage_embeddings(1, 32), labels)
+    with pytest.raises(ValueError, match="same stage"):
+        small_loss(ms_weights=(1.0, 0.5), cs_pairs=((0, -1), (0, -2)))(stage_embeddings(1, 32, strides=(2, 4)), labels)
+    with pytest.raises(ValueError, match="cs_weights has 1 entries but cs_pairs has 2"):
+        small_loss(cs_weights=(1.0,))
+    with pytest.raises(ValueError, match="implementation"):
+        small_loss(implementation="fast")
+    with pytest.raises(ValueError, match="temperature"):
+        small_loss(temperature=-1.0)
+    with pytest.raises(ValueError, match="enable use_ms"):
+        small_loss(use_ms=False, use_cs=False)
+    with pytest.raises(ValueError, match="labels must be"):
+        small_loss()(stage_embeddings(1, 32), labels[0])
+
+
+def test_gather_is_identity_when_not_distributed():
+    assert not is_distributed() and rank() == 0 and world_size() == 1
+    x = torch.randn(5, 3, requires_grad=True)
+    assert gather_with_grad(x) is x
+    y = torch.arange(5)
+    assert gather_labels(y) is y
+
