@@ -203,10 +203,10 @@ def render_sidebar() -> RunSelection:
     return selection
 
 
-def _load_or_report(path: str, container) -> Run | None:
+def _load_or_report(path: str, container: Any) -> Run | None:
     try:
         return get_run(path)
-    except RunFormatError as error:
+    except (RunFormatError, OSError) as error:
         container.error(f"Cannot read run `{path}`: {error}")
         return None
 
@@ -270,8 +270,9 @@ def figure_bytes(fig: go.Figure, file_format: str) -> bytes:
 
 
 def show_figure(fig: go.Figure, key: str, file_stem: str) -> None:
-    """Draw a plotly figure with PNG / SVG download buttons (rendered only when clicked)."""
-    st.plotly_chart(fig, key=key, config={"displaylogo": False, "toImageButtonOptions": {"filename": file_stem, "scale": 2}})
+    """Draw a plotly figure with PNG / SVG download buttons; the static file is made only when clicked."""
+    st.plotly_chart(fig, key=key,
+                    config={"displaylogo": False, "toImageButtonOptions": {"filename": file_stem, "scale": 2}})
     with st.popover("Export", icon=":material/download:"):
         for file_format, mime in (("png", "image/png"), ("svg", "image/svg+xml")):
             st.download_button(
@@ -287,7 +288,6 @@ def show_figure(fig: go.Figure, key: str, file_stem: str) -> None:
 def explain(lines: Mapping[str, str]) -> None:
     """One line per metric, as a compact caption list."""
     st.caption("  \n".join(f"**{name}** — {text}" for name, text in lines.items()))
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,9 +348,10 @@ def show_prediction(labelled: Sequence[tuple[str, Run]], image_id: str, key: str
 
 def palette_legend(run: Run) -> None:
     """The dataset's class colours as a row of swatches."""
+    swatch_style = "display:inline-block;width:0.9em;height:0.9em;border-radius:2px;vertical-align:middle"
     swatches = " ".join(
-        f'<span style="white-space:nowrap;margin-right:0.8em"><span style="display:inline-block;width:0.9em;'
-        f'height:0.9em;border-radius:2px;vertical-align:middle;background:rgb({r},{g},{b})"></span> {html.escape(name)}</span>'
+        f'<span style="white-space:nowrap;margin-right:0.8em"><span style="{swatch_style};'
+        f'background:rgb({r},{g},{b})"></span> {html.escape(name)}</span>'
         for name, (r, g, b) in zip(run.class_names, run.palette.tolist())
     )
     st.markdown(f"<div style='font-size:0.85em;line-height:1.8'>{swatches}</div>", unsafe_allow_html=True)
@@ -414,7 +415,8 @@ def _stage_maps(run: Run, stages: tuple[int, ...], kind: str, method: str, rows:
     return [projections.projection(run, stage, kind, method, pixels=rows, seed=seed) for stage in stages]
 
 
-def stage_maps(run: Run, stages: tuple[int, ...], kind: str, method: str, rows: np.ndarray, align: bool) -> list[np.ndarray]:
+def stage_maps(run: Run, stages: tuple[int, ...], kind: str, method: str, rows: np.ndarray,
+               align: bool) -> list[np.ndarray]:
     """2-D maps of embedding ``rows`` for each stage (aligned across stages or one by one), default
     parameters, read from / written to the run's projection cache."""
     return cached_call(_stage_maps, [run], stages, kind, method, rows, align)

@@ -33,7 +33,7 @@ def _prototype_section(selection: RunSelection) -> None:
                                     key="prototype-stage-b")
     columns = st.columns(len(selection.runs))
     for column, (label, run) in zip(columns, selection.labelled()):
-        with column, common.artifact_guard():
+        with column, common.artifact_guard(label):
             if kind not in run.embedding_kinds():
                 st.info(f"**{label}** has no `{kind}` embeddings (no projectors).")
                 continue
@@ -55,7 +55,7 @@ def _cka_section(selection: RunSelection) -> None:
     kind = st.radio("Features", common.embedding_kinds(selection.runs), horizontal=True, key="cka-kind")
     columns = st.columns(len(selection.runs))
     for column, (label, run) in zip(columns, selection.labelled()):
-        with column, common.artifact_guard():
+        with column, common.artifact_guard(label):
             if kind not in run.embedding_kinds():
                 st.info(f"**{label}** has no `{kind}` embeddings (no projectors).")
                 continue
@@ -80,7 +80,7 @@ def _pixel_section(selection: RunSelection) -> None:
     y = controls[2].slider("y (row)", 0, height - 1, height // 2, key="dense-y")
     x = controls[3].slider("x (column)", 0, width - 1, width // 2, key="dense-x")
     for label, run in selection.labelled():
-        with common.artifact_guard():
+        with common.artifact_guard(label):
             if kind not in run.embedding_kinds():
                 st.info(f"**{label}** has no `{kind}` embeddings (no projectors).")
                 continue
@@ -106,4 +106,5 @@ def render() -> None:
         _pixel_section(selection)
 
 
-render()
+with common.artifact_guard():
+    render()

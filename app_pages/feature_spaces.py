@@ -3,6 +3,8 @@ the same pixels in every panel, next to the separability numbers of those embedd
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -47,7 +49,7 @@ def _metrics_by_stage(table: pd.DataFrame) -> pd.DataFrame:
 def _runs_with_embeddings(selection: common.RunSelection) -> list[tuple[str, Run]]:
     usable = []
     for label, run in selection.labelled():
-        with common.artifact_guard():
+        with common.artifact_guard(label):
             run.embedding_stages()
             usable.append((label, run))
     return usable
@@ -96,8 +98,8 @@ def render() -> None:
              "for tens of seconds in a fresh process).",
     )
     color_by = controls[2].radio("Colour by", list(COLOUR_LABELS), key="space-colour", format_func=COLOUR_LABELS.get)
-    shown_stages = controls[3].pills("Stages", stages, selection_mode="multi", default=stages, key="space-stages",
-                                     format_func=lambda stage: f"stage {stage}")
+    shown_stages = controls[3].pills("Stages (0 = finest)", stages, selection_mode="multi", default=stages,
+                                     key="space-stages", format_func=str)
     align = controls[4].toggle("Align stages", value=True, key="space-align",
                                help="Fit the stages of a run jointly (AlignedUMAP, shared t-SNE initialisation, "
                                     "Procrustes-rotated PCA) so a cluster sits at the same place in every panel.")
@@ -119,8 +121,10 @@ def render() -> None:
                        "stages; not in the run's projection cache)…")
             with st.spinner(waiting):
                 maps = common.stage_maps(run, tuple(shown_stages), kind, method, rows, align)
-            panels_per_run.append([figures.embedding_panel(run, stage, kind, coords, rows, title=f"{label} · stage {stage}")
-                                   for stage, coords in zip(shown_stages, maps)])
+            panels_per_run.append([
+                figures.embedding_panel(run, stage, kind, coords, rows, title=f"{label} · stage {stage}")
+                for stage, coords in zip(shown_stages, maps)
+            ])
             with st.spinner(f"Measuring separability of {label}…"):
                 table = common.cached_call(separability.separability_table, [run], kinds=(kind,))
                 table = table[table["stage"].isin(shown_stages)].copy()
@@ -137,7 +141,7 @@ def render() -> None:
             fig = figures.embedding_panels(stage_major, color_by=color_by, class_names=first.class_names,
                                            palette=first.palette, max_columns=columns)
             fig.update_annotations(font_size=12)
-            fig.update_layout(height=max(380, PANEL_HEIGHT * -(-len(stage_major) // columns) + 60))
+            fig.update_layout(height=max(380, PANEL_HEIGHT * math.ceil(len(stage_major) / columns) + 60))
             common.show_figure(fig, key="feature-space", file_stem=f"feature_space_{kind}_{method}")
         with right:
             st.markdown(f"**Separability of the {kind} embeddings**")
@@ -150,4 +154,5 @@ def render() -> None:
             common.explain(EXPLANATIONS)
 
 
-render()
+with common.artifact_guard():
+    render()

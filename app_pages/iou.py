@@ -14,7 +14,7 @@ IOU_COLUMNS = {
     "iou_a": st.column_config.NumberColumn("IoU A", format="%.3f"),
     "iou_b": st.column_config.NumberColumn("IoU B", format="%.3f"),
     "diff": st.column_config.NumberColumn("B − A", format="%+.3f"),
-    "gt_frequency": st.column_config.ProgressColumn("gt frequency", format="%.3f", min_value=0.0, max_value=1.0),
+    "gt_frequency": st.column_config.NumberColumn("gt share", format="percent"),
     "iou": st.column_config.NumberColumn("IoU", format="%.3f"),
     "acc": st.column_config.NumberColumn("accuracy", format="%.3f"),
     "miou_a": st.column_config.NumberColumn("mIoU A", format="%.3f"),
@@ -30,10 +30,10 @@ def _confusion_figure(matrix, run: Run, title: str, key: str, zmid: float | None
 def _single_run(label: str, run: Run) -> None:
     st.info("Choose a run B in the sidebar to compare per-class IoU, confusions and per-image mIoU.")
     left, right = st.columns([2, 3])
-    with left, common.artifact_guard():
+    with left, common.artifact_guard(label):
         st.subheader(f"{label}: per-class IoU")
         st.dataframe(run.per_class(), hide_index=True, column_config=IOU_COLUMNS)
-    with right, common.artifact_guard():
+    with right, common.artifact_guard(label):
         _confusion_figure(iou.row_normalize(run.confusion()), run,
                           f"{label}: confusion (row-normalised, rows = ground truth)", key="confusion-a")
 
@@ -54,13 +54,14 @@ def render() -> None:
     (label_a, run_a), (label_b, run_b) = labelled
 
     st.header("Per-class IoU")
-    st.caption(f"A = {label_a}, B = {label_b}. diff = IoU(B) − IoU(A), sorted; gt frequency = share of the "
+    st.caption(f"A = {label_a}, B = {label_b}. diff = IoU(B) − IoU(A), sorted; gt share = share of the "
                "labelled val pixels that belong to the class.")
     with common.artifact_guard():
         diff = common.cached_call(iou.per_class_iou_diff, [run_a, run_b])
         left, right = st.columns([3, 2])
         with left:
-            common.show_figure(figures.iou_diff_figure(diff), key="iou-diff", file_stem="per_class_iou_diff")
+            common.show_figure(figures.iou_diff_figure(diff, label_a, label_b), key="iou-diff",
+                               file_stem="per_class_iou_diff")
         with right:
             st.dataframe(diff.drop(columns="class_id"), hide_index=True, column_config=IOU_COLUMNS)
 
@@ -83,7 +84,8 @@ def render() -> None:
         per_image = common.cached_call(iou.per_image_diff, [run_a, run_b])
         left, right = st.columns([3, 2])
         with left:
-            common.show_figure(figures.per_image_diff_figure(per_image), key="per-image-diff", file_stem="per_image_diff")
+            common.show_figure(figures.per_image_diff_figure(per_image, label_a, label_b), key="per-image-diff",
+                               file_stem="per_image_diff")
         with right:
             st.dataframe(per_image.drop(columns="image_index"), hide_index=True, height=360, column_config=IOU_COLUMNS)
         saved = set(common.shared_prediction_ids(selection.runs))
@@ -98,4 +100,5 @@ def render() -> None:
         common.palette_legend(run_a)
 
 
-render()
+with common.artifact_guard():
+    render()

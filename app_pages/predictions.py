@@ -12,7 +12,7 @@ from workbench.runs import Run
 def _image_scores(labelled: list[tuple[str, Run]], image_id: str) -> None:
     columns = st.columns(len(labelled) + 2)
     for column, (label, run) in zip(columns, labelled):
-        with column, common.artifact_guard():
+        with column, common.artifact_guard(label):
             per_image = run.per_image()
             row = per_image[per_image["image_id"] == image_id]
             value = f"{row['miou'].iloc[0]:.3f}" if not row.empty else "—"
@@ -38,4 +38,5 @@ def render() -> None:
         common.palette_legend(selection.run_a)
 
 
-render()
+with common.artifact_guard():
+    render()

@@ -32,10 +32,10 @@ def _describe(label: str, run: Run) -> None:
         f"**dataset** {dataset.get('name', '?')} ({run.num_classes} classes, {dataset.get('num_train', '?')} train / "
         f"{dataset.get('num_val', '?')} val images) · **model** {model.get('name', '?')} / {model.get('encoder', '?')}, "
         f"strides {model.get('stage_strides', '?')}, channels {model.get('stage_channels', '?')}, "
-        f"projector {model.get('projector_dim') if run.has_projector else 'none'}, "
+        f"projector {model.get('projector_dim') or 'none'}, "
         f"{model.get('num_parameters', 0):,} parameters · **GPUs** {meta.get('world_size', 1)}"
     )
-    with st.expander("Resolved training config"):
+    with st.expander("Resolved training config"), common.artifact_guard(run.name):
         st.json(run.config, expanded=1)
     with st.expander("run.json"):
         st.json(meta, expanded=1)
@@ -72,10 +72,12 @@ def render() -> None:
                                     "loss/cs/<a>-<b>: cross-scale InfoNCE between stages a and b; "
                                     "loss/total = CE + 0.1 * weighted contrastive parts.")
         if parts:
-            common.show_figure(figures.training_curves(curve_runs, columns=parts), key="training-curves", file_stem="training_curves")
+            common.show_figure(figures.training_curves(curve_runs, columns=parts), key="training-curves",
+                               file_stem="training_curves")
     with common.artifact_guard():
         st.subheader("Validation")
         common.show_figure(figures.val_curves(curve_runs), key="val-curves", file_stem="val_curves")
 
 
-render()
+with common.artifact_guard():
+    render()

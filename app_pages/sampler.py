@@ -15,24 +15,25 @@ EXPLANATIONS = {
     "groups": "(image, class) pairs kept as anchor groups at a step.",
     "views": "pixels taken per group: min(smallest kept class count, max_views_per_class), shrunk so that "
              "views × groups ≤ max_features_total.",
-    "cap_max_views_rate": "share of logged steps where max_views_per_class limited the views.",
-    "cap_total_rate": "share of logged steps where max_features_total shrank the views.",
-    "filtered_rate": "share of logged steps where min_views_per_class dropped at least one (image, class) pair; "
-                     "filtered_groups_mean / _total count the dropped pairs.",
+    "views cap": "share of logged steps where max_views_per_class limited the views.",
+    "total cap": "share of logged steps where max_features_total shrank the views.",
+    "filtered": "share of logged steps where min_views_per_class dropped at least one (image, class) pair; "
+                "filt./step and filt. total count the dropped pairs.",
 }
 
 RATE_COLUMNS = {
-    "cap_max_views_rate": st.column_config.NumberColumn("max views cap", format="percent"),
-    "cap_total_rate": st.column_config.NumberColumn("total cap", format="percent"),
-    "filtered_rate": st.column_config.NumberColumn("filtered", format="percent"),
-    "filtered_groups_mean": st.column_config.NumberColumn("filtered / step", format="%.2f"),
-    "filtered_groups_total": st.column_config.NumberColumn("filtered total", format="%d"),
+    "steps": st.column_config.NumberColumn("steps", width="small"),
+    "cap_max_views_rate": st.column_config.NumberColumn("views cap", format="percent", width="small"),
+    "cap_total_rate": st.column_config.NumberColumn("total cap", format="percent", width="small"),
+    "filtered_rate": st.column_config.NumberColumn("filtered", format="percent", width="small"),
+    "filtered_groups_mean": st.column_config.NumberColumn("filt./step", format="%.2f", width="small"),
+    "filtered_groups_total": st.column_config.NumberColumn("filt. total", format="%d", width="small"),
 }
 
 
 def _run_section(label: str, run: Run, key: str) -> None:
     st.subheader(label)
-    with common.artifact_guard():
+    with common.artifact_guard(label):
         logged_steps = sorted(int(step) for step in run.sampler_steps()["step"].unique())
         stage = st.selectbox("Stage", run.stages, key=f"sampler-stage-{key}",
                              format_func=lambda stage: f"stage {stage} (stride {run.stage_strides[stage]})")
@@ -62,4 +63,5 @@ def render() -> None:
             _run_section(label, run, key)
 
 
-render()
+with common.artifact_guard():
+    render()

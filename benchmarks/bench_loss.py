@@ -7,7 +7,8 @@ Compares, for each sample count N (embedding size d):
 * ``matmul``  - the bare products: ``S = Z @ Z.T; S.sum().backward()``;
 
 and the full :class:`mscl.losses.MSCSLoss` at the paper's settings (4 stages, d=256, about 10,000
-samples per stage, 2 cross-scale pairs) for both implementations. Times are medians over repeats
+samples per stage, 2 cross-scale pairs; 12 random crops of 1024x1024 with 19 balanced classes) for
+both implementations, when the reference fits in memory. Times are medians over repeats
 after a warm-up; peak extra memory is ``torch.cuda.max_memory_allocated`` above the baseline on
 CUDA, and on CPU the peak resident set size (sampled from ``/proc/self/statm`` by a thread) above
 the baseline taken just before the call, after returning freed heap memory to the OS.
@@ -131,7 +132,10 @@ def _loss_case(kind: str, z: torch.Tensor, labels: torch.Tensor) -> Callable[[],
     return run
 
 
-def bench_losses(sizes: list[int], dim: int, classes: int, device: torch.device, repeats: int, warmup: int) -> list[dict]:
+def bench_losses(
+    sizes: list[int], dim: int, classes: int, device: torch.device, repeats: int, warmup: int
+) -> list[dict]:
+    """direct / blocked / matmul rows for every N."""
     results = []
     generator = torch.Generator().manual_seed(0)
     for n in sizes:
@@ -151,10 +155,15 @@ def bench_losses(sizes: list[int], dim: int, classes: int, device: torch.device,
 
 
 def _paper_scene(device: torch.device, generator: torch.Generator, dim: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Batch of 8 crops of 512x512, strides 4/8/16/32, 19 classes in 64x64 cells."""
-    batch, size, classes = 8, 512, 19
-    cells = torch.randint(0, classes, (batch, size // 64, size // 64), generator=generator)
-    labels = cells.repeat_interleave(64, 1).repeat_interleave(64, 2)
+    """12 crops of 1024x1024, strides 4/8/16/32, 19 classes on 64x64 cells, every class on 13-14
+    cells of every image: 228 (image, class) pairs, so ``max_features_total`` caps every stage at
+    43 views per pair (9,804 samples), the deepest stage included."""
+    batch, size, classes, cell = 12, 1024, 19, 64
+    cells_per_image = (size // cell) ** 2
+    balanced = torch.arange(cells_per_image) % classes
+    cells = torch.stack([balanced[torch.randperm(cells_per_image, generator=generator)] for _ in range(batch)])
+    cells = cells.view(batch, size // cell, size // cell)
+    labels = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
     embeddings = [
         torch.randn(batch, dim, size // stride, size // stride, generator=generator).to(device).requires_grad_()
         for stride in (4, 8, 16, 32)
@@ -162,7 +171,16 @@ def _paper_scene(device: torch.device, generator: torch.Generator, dim: int) -> 
     return embeddings, labels.to(device)
 
 
-def bench_mscs(dim: int, device: torch.device, repeats: int, warmup: int, implementations: list[str], direct_mib_at_10k: float | None) -> list[dict]:
+def bench_mscs(
+    dim: int,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    implementations: list[str],
+    direct_mib_at_10k: float | None,
+) -> list[dict]:
+    """MSCSLoss rows; the reference is skipped on CPU when its six graphs (one per part, each
+    about the direct loss's memory at N=10,000) would not fit in 60% of the available memory."""
     results = []
     generator = torch.Generator().manual_seed(1)
     embeddings, labels = _paper_scene(device, generator, dim)
@@ -181,12 +199,14 @@ def bench_mscs(dim: int, device: torch.device, repeats: int, warmup: int, implem
             for tensor in embeddings:
                 tensor.grad = None
 
-        samples = loss_fn(embeddings, labels, torch.Generator().manual_seed(2)).records
+        with torch.no_grad():
+            records = loss_fn(embeddings, labels, torch.Generator().manual_seed(2)).records
         row = {
             "implementation": implementation,
-            "samples_per_stage": [r.views * r.groups for r in samples.values()],
+            "samples_per_stage": [r.views * r.groups for r in records.values()],
             "time_s": time_call(run, device, repeats, warmup),
             "mib": peak_extra_memory(run, device) / 2**20,
+            "embedding_grad_mib": sum(e.numel() * e.element_size() for e in embeddings) / 2**20,
         }
         print(f"MSCSLoss[{implementation}]: {row['time_s']:.3f}s, {row['mib']:.0f} MiB", flush=True)
         results.append(row)
@@ -197,7 +217,8 @@ def markdown(loss_rows: list[dict], mscs_rows: list[dict], device: torch.device)
     lines = [
         f"Device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}",
         "",
-        "| N | d | direct s | blocked s | matmul s | direct MiB | blocked MiB | matmul MiB | direct/blocked time | blocked/matmul time | blocked/direct memory |",
+        "| N | d | direct s | blocked s | matmul s | direct MiB | blocked MiB | matmul MiB "
+        "| direct/blocked time | blocked/matmul time | blocked/direct memory |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in loss_rows:
@@ -208,13 +229,20 @@ def markdown(loss_rows: list[dict], mscs_rows: list[dict], device: torch.device)
             f"{r['blocked_mib'] / max(r['direct_mib'], 1e-9):.3f} |"
         )
     if mscs_rows:
-        lines += ["", "| MSCSLoss (4 stages, 2 cs pairs) | samples per stage | fwd+bwd s | peak extra MiB |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| MSCSLoss (4 stages, 2 cs pairs) | samples per stage | fwd+bwd s | peak extra MiB "
+            "| of which embedding gradients MiB |",
+            "|---|---|---|---|---|",
+        ]
         for r in mscs_rows:
             if "skipped" in r:
-                lines.append(f"| {r['implementation']} | - | skipped | {r['skipped']} |")
+                lines.append(f"| {r['implementation']} | - | skipped | {r['skipped']} | - |")
             else:
+                samples = ", ".join(map(str, r["samples_per_stage"]))
                 lines.append(
-                    f"| {r['implementation']} | {', '.join(map(str, r['samples_per_stage']))} | {r['time_s']:.3f} | {r['mib']:.0f} |"
+                    f"| {r['implementation']} | {samples} | {r['time_s']:.3f} | {r['mib']:.0f} "
+                    f"| {r['embedding_grad_mib']:.0f} |"
                 )
     return "\n".join(lines)
 
@@ -224,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000], help="sample counts N")
     parser.add_argument("--dim", type=int, default=256, help="embedding size d")
     parser.add_argument("--classes", type=int, default=19, help="number of classes of the random labels")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     parser.add_argument(
@@ -235,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
 
     loss_rows = bench_losses(args.sizes, args.dim, args.classes, device, args.repeats, args.warmup)
     direct_10k = next((r["direct_mib"] * (10000 / r["N"]) ** 2 for r in reversed(loss_rows)), None)

@@ -10,6 +10,8 @@ averages parameter gradients over ranks (divides by ``W``), so each parameter en
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
@@ -54,7 +56,11 @@ def gather_with_grad(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     sizes = _gather_sizes(x)
-    gathered = dist_nn.all_gather(_pad_rows(x, max(sizes)))
+    with warnings.catch_warnings():
+        # Deprecated in recent torch in favour of a private module; still the public,
+        # autograd-aware all_gather across the supported torch range (>= 2.4).
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        gathered = dist_nn.all_gather(_pad_rows(x, max(sizes)))
     return torch.cat([part[:size] for part, size in zip(gathered, sizes)], 0)
 
 

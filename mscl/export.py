@@ -257,7 +257,7 @@ def export_artifacts(
         run_dir / "embeddings/meta.json",
         {
             "num_pixels": len(table),
-            "stages": len(backbone),
+            "stages": list(range(len(backbone))),
             "strides": [round(image_h / hw[0]) for hw in geometry["stages"]],
             "backbone_dims": [int(a.shape[1]) for a in backbone],
             "projected_dims": [int(a.shape[1]) for a in projected_sample] if projected_sample else [],

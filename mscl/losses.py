@@ -129,9 +129,11 @@ def _blocked_loss_and_grad(
     candidate_labels: Tensor | None,
     temperature: float,
     block_rows: int,
-    need_grad: bool,
+    anchor_grad: bool,
+    candidate_grad: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Loss and its gradients w.r.t. the (normalised) anchors and candidates, one row block at a time.
+    """Loss and the requested gradients w.r.t. the (normalised) anchors and candidates (self form:
+    ``anchor_grad`` covers both roles), computed one block of rows at a time.
 
     The negative log-sum-exp of a row is shifted by ``1/tau`` (an upper bound of every similarity
     of unit vectors) when ``exp`` cannot underflow over the range ``2/tau``, else by the row's
@@ -159,12 +161,15 @@ def _blocked_loss_and_grad(
     row_ends = torch.clamp(row_starts + block_rows, max=num_anchors_total)
     host = torch.cat([band_start[row_starts], band_end[row_ends - 1], has_positive.sum()[None]]).tolist()
     num_blocks = len(row_starts)
-    block_band_starts, block_band_ends, anchors_with_positive = host[:num_blocks], host[num_blocks:-1], host[-1]
+    band_starts, band_ends, anchors_with_positive = host[:num_blocks], host[num_blocks:-1], host[-1]
 
-    grad_anchors = torch.zeros_like(anchors) if need_grad else None
-    grad_candidates = None if self_form or not need_grad else torch.zeros_like(candidates)
+    candidate_grad = candidate_grad and not self_form
     if anchors_with_positive == 0:
-        return anchors.new_zeros(()), grad_anchors, grad_candidates
+        return (
+            anchors.new_zeros(()),
+            torch.zeros_like(anchors) if anchor_grad else None,
+            torch.zeros_like(sorted_candidates) if candidate_grad else None,
+        )
 
     # Each anchor's terms are averaged over |P(i)|, then over the anchors that have positives.
     anchor_weight = has_positive.to(dtype) / (positive_count.clamp_min(1).to(dtype) * anchors_with_positive)
@@ -172,16 +177,20 @@ def _blocked_loss_and_grad(
     exact_shift = 2.0 * inverse_temperature > _SAFE_EXPONENT_RANGE[dtype]
     constant_shift = 0.0 if exact_shift else inverse_temperature
     # One matrix product gives s_ij - shift: [z_i/tau, -shift] . [z_j, 1].
-    scaled_anchors_ext = torch.cat([sorted_anchors * inverse_temperature, sorted_anchors.new_full((num_anchors_total, 1), -constant_shift)], 1)
+    shift_column = sorted_anchors.new_full((num_anchors_total, 1), -constant_shift)
+    scaled_anchors_ext = torch.cat([sorted_anchors * inverse_temperature, shift_column], 1)
     candidates_ext = torch.cat([sorted_candidates, sorted_candidates.new_ones((num_candidates, 1))], 1)
     scaled_anchors = scaled_anchors_ext[:, :dim]
     scaled_candidates = scaled_anchors if self_form else sorted_candidates * inverse_temperature
-    sorted_grad_anchors = torch.zeros_like(sorted_anchors) if need_grad else None
-    sorted_grad_candidates = sorted_grad_anchors if self_form else (torch.zeros_like(sorted_candidates) if need_grad else None)
+    sorted_grad_anchors = torch.zeros_like(sorted_anchors) if anchor_grad else None
+    # In the self form the column gradient belongs to the same (sorted) anchors.
+    sorted_grad_candidates = sorted_grad_anchors if self_form else None
+    if candidate_grad:
+        sorted_grad_candidates = torch.zeros_like(sorted_candidates)
 
     loss = anchors.new_zeros(())
     tiny = torch.finfo(dtype).tiny
-    for block, (row_start, band_lo, band_hi) in enumerate(zip(range(0, num_anchors_total, block_rows), block_band_starts, block_band_ends)):
+    for row_start, band_lo, band_hi in zip(range(0, num_anchors_total, block_rows), band_starts, band_ends):
         row_end = min(row_start + block_rows, num_anchors_total)
         rows = row_end - row_start
         block_labels = sorted_anchor_labels[row_start:row_end]
@@ -207,20 +216,23 @@ def _blocked_loss_and_grad(
         weight = anchor_weight[row_start:row_end]
         log_terms = torch.where(positive, F.logsigmoid(margin), 0.0).sum(1)
         loss = loss - torch.dot(weight, log_terms)
-        if not need_grad:
+        if not (anchor_grad or candidate_grad):
             continue
         # dL/ds_ip = -w_i (1 - sigma_ip);  dL/ds_in = w_i sum_p(1 - sigma_ip) exp(s_in - LSE_neg_i).
         positive_miss = torch.where(positive, torch.sigmoid(margin.neg_()), 0.0)
         negative_coef = weight * positive_miss.sum(1) / negative_sum.clamp_min(tiny)
         grad_logits = exp_negative.mul_(negative_coef[:, None])
         grad_logits[:, band_lo:band_hi].sub_(positive_miss.mul_(weight[:, None]))
-        sorted_grad_anchors[row_start:row_end].addmm_(grad_logits, scaled_candidates)
-        sorted_grad_candidates.addmm_(grad_logits.T, scaled_anchors[row_start:row_end])
+        if sorted_grad_anchors is not None:
+            sorted_grad_anchors[row_start:row_end].addmm_(grad_logits, scaled_candidates)
+        if sorted_grad_candidates is not None:
+            sorted_grad_candidates.addmm_(grad_logits.T, scaled_anchors[row_start:row_end])
 
-    if need_grad:
-        grad_anchors[anchor_order] = sorted_grad_anchors
-        if not self_form:
-            grad_candidates[candidate_order] = sorted_grad_candidates
+    grad_anchors = grad_candidates = None
+    if sorted_grad_anchors is not None:
+        grad_anchors = torch.empty_like(anchors).index_copy_(0, anchor_order, sorted_grad_anchors)
+    if candidate_grad:
+        grad_candidates = torch.empty_like(candidates).index_copy_(0, candidate_order, sorted_grad_candidates)
     return loss, grad_anchors, grad_candidates
 
 
@@ -228,10 +240,12 @@ class _BlockedSupervisedInfoNCE(torch.autograd.Function):
     """Autograd wrapper: the forward computes the loss and its input gradients block by block."""
 
     @staticmethod
-    def forward(ctx, anchors, anchor_labels, candidates, candidate_labels, temperature, block_rows):  # type: ignore[override]
-        need_grad = ctx.needs_input_grad[0] or (candidates is not None and ctx.needs_input_grad[2])
+    def forward(  # type: ignore[override]
+        ctx, anchors, anchor_labels, candidates, candidate_labels, temperature, block_rows
+    ):
         loss, grad_anchors, grad_candidates = _blocked_loss_and_grad(
-            anchors, anchor_labels, candidates, candidate_labels, temperature, block_rows, need_grad
+            anchors, anchor_labels, candidates, candidate_labels, temperature, block_rows,
+            anchor_grad=ctx.needs_input_grad[0], candidate_grad=ctx.needs_input_grad[2],
         )
         ctx.grad_anchors = grad_anchors
         ctx.grad_candidates = grad_candidates
@@ -273,8 +287,13 @@ def supervised_infonce(
     with torch.autocast(device_type=z.device.type, enabled=False):
         anchors = F.normalize(z.to(dtype), dim=1)
         candidates = None if z2 is None else F.normalize(z2.to(dtype), dim=1)
+        labels = y.to(z.device)
         candidate_labels = None if y2 is None else y2.to(z.device)
-        return _BlockedSupervisedInfoNCE.apply(anchors, y.to(z.device), candidates, candidate_labels, temperature, rows)
+        inputs = (anchors, labels, candidates, candidate_labels, temperature, rows)
+        wants_grad = anchors.requires_grad or (candidates is not None and candidates.requires_grad)
+        if torch.is_grad_enabled() and wants_grad:
+            return _BlockedSupervisedInfoNCE.apply(*inputs)
+        return _blocked_loss_and_grad(*inputs, anchor_grad=False, candidate_grad=False)[0]
 
 
 class LossOutput(NamedTuple):
@@ -332,7 +351,9 @@ class MSCSLoss(nn.Module):
         if not temperature > 0:
             raise ValueError(f"MSCSLoss: temperature must be > 0, got {temperature}")
         if implementation not in _IMPLEMENTATIONS:
-            raise ValueError(f"MSCSLoss: implementation must be one of {sorted(_IMPLEMENTATIONS)}, got {implementation!r}")
+            raise ValueError(
+                f"MSCSLoss: implementation must be one of {sorted(_IMPLEMENTATIONS)}, got {implementation!r}"
+            )
         pairs = tuple((int(a), int(b)) for a, b in cs_pairs)
         if use_cs and len(pairs) != len(cs_weights):
             raise ValueError(

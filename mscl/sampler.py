@@ -13,24 +13,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
 def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize integer labels ``[N,H,W]`` to ``size`` with nearest interpolation (method.md §1).
 
-    Labels that already have the requested size are returned unchanged.
+    Output pixel ``(i, j)`` takes the label at ``(floor(i*H/h), floor(j*W/w))``: the rule of
+    ``F.interpolate(mode="nearest")``, evaluated in integers (exact for any label value; torch's
+    float evaluation agrees for integer factors such as the encoder strides and can pick the
+    neighbouring pixel for some non-integer ratios). Labels that already have the requested size
+    are returned unchanged.
     """
     if labels.dim() != 3:
         raise ValueError(f"labels must have shape [N,H,W], got {tuple(labels.shape)}")
     height, width = int(size[0]), int(size[1])
-    if tuple(labels.shape[-2:]) == (height, width):
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    source_height, source_width = labels.shape[-2:]
+    if (source_height, source_width) == (height, width):
         return labels
-    if labels.numel() > 0 and labels.abs().max() >= 2**24:
-        raise ValueError("label values must be below 2**24 in magnitude to be resized exactly")
-    resized = F.interpolate(labels[:, None].to(torch.float32), size=(height, width), mode="nearest")
-    return resized[:, 0].to(labels.dtype)
+    rows = torch.arange(height, device=labels.device) * source_height // height
+    cols = torch.arange(width, device=labels.device) * source_width // width
+    return labels[:, rows[:, None], cols[None, :]]
 
 
 @dataclass

@@ -236,6 +236,9 @@ class Trainer:
             persistent_workers=False,
         )
 
+    def train_loader(self, epoch: int) -> DataLoader:
+        return self._loader(self.train_set, self.sampler, self.config.data.batch_size, epoch)
+
     def val_loader(self) -> DataLoader:
         return self._loader(self.val_set, self.val_indices, self.config.data.val_batch_size, 0)
 
@@ -387,7 +390,7 @@ class Trainer:
                     continue
                 self.sampler.set_epoch(self.epoch, start_batch)
                 self.train_set.set_epoch(self.epoch)
-                for batch in self._loader(self.train_set, self.sampler, self.config.data.batch_size, self.epoch):
+                for batch in self.train_loader(self.epoch):
                     tic = time.perf_counter()
                     lr = poly_lr(self.config.optim.lr, self.step, total_steps, self.config.optim.poly_power, self.config.optim.warmup_steps)
                     for group in self.optimizer.param_groups:

@@ -20,7 +20,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from app_pages import common  # noqa: E402
-from fake_run import write_fake_run  # noqa: E402
+from fake_run import NUM_VAL_IMAGES, write_fake_run  # noqa: E402
 from workbench import crossscale, iou, sampler_stats, separability  # noqa: E402
 from workbench.figures import find_browser  # noqa: E402
 from workbench.projections import precompute_projections  # noqa: E402
@@ -29,6 +29,7 @@ from workbench.runs import MissingArtifactError, list_runs, load_run  # noqa: E4
 APP = str(REPO_ROOT / "app.py")
 SAMPLE_RUNS = REPO_ROOT / "sample_data" / "runs"
 PAGE_SCRIPTS = {page.url_path: page.script for page in common.PAGES}
+STAGES = 4
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,9 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cross-entropy baseline, an ms+cs run (both with cached PCA maps) and an ms+cs run without
     embeddings and sampler tables."""
     root = tmp_path_factory.mktemp("runs")
-    baseline = write_fake_run(root / "baseline", seed=0, with_projector=False)
-    contrastive = write_fake_run(root / "contrastive", seed=1)
-    write_fake_run(root / "incomplete", seed=2, missing=("embeddings", "sampler"))
+    baseline = write_fake_run(root / "baseline", seed=0, stages=STAGES, with_projector=False)
+    contrastive = write_fake_run(root / "contrastive", seed=1, stages=STAGES)
+    write_fake_run(root / "incomplete", seed=2, stages=STAGES, missing=("embeddings", "sampler"))
     for path in (baseline, contrastive):
         precompute_projections(load_run(path), methods=("pca",))
     return root
@@ -79,8 +80,12 @@ def assert_clean(app: AppTest) -> None:
     assert not app.error, [item.value for item in app.error]
 
 
-def path_of(root: Path, name: str) -> str:
-    return str((root / name).resolve())
+def path_of(root: Path, folder: str) -> str:
+    return str((root / folder).resolve())
+
+
+def name_of(root: Path, folder: str) -> str:
+    return load_run(root / folder).name
 
 
 # ----------------------------------------------------------------------------------------- pure helpers
@@ -99,7 +104,7 @@ def test_default_pair_takes_baseline_as_a_and_same_setup_as_b(runs_root: Path) -
     assert run_a == path_of(runs_root, "baseline")
     assert run_b == path_of(runs_root, "contrastive")
     assert common.default_pair(table.iloc[:0]) == (None, common.NO_RUN_B)
-    assert common.default_pair(table[table["name"] == "fake-ce-0"]) == (run_a, common.NO_RUN_B)
+    assert common.default_pair(table[table["name"] == name_of(runs_root, "baseline")]) == (run_a, common.NO_RUN_B)
 
 
 def test_missing_artifact_message_names_file_and_hint(tmp_path: Path) -> None:
@@ -152,7 +157,8 @@ def test_runs_page_shows_both_runs_and_every_loss_part(runs_root: Path, monkeypa
     titles = {annotation["text"] for annotation in training["layout"]["annotations"]}
     contrastive_columns = load_run(runs_root / "contrastive").train_metrics().columns
     assert titles == {column for column in contrastive_columns if column.startswith("loss/")}
-    assert {trace["name"] for trace in validation["data"]} == {"fake-ce-0", "fake-ms+cs-1"}
+    assert {trace["name"] for trace in validation["data"]} == {name_of(runs_root, "baseline"),
+                                                               name_of(runs_root, "contrastive")}
 
 
 def test_feature_spaces_page_draws_every_stage_of_both_runs(runs_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,13 +168,16 @@ def test_feature_spaces_page_draws_every_stage_of_both_runs(runs_root: Path, mon
     assert app.selectbox(key="space-method").value == "pca"
     (spec,) = plotly_specs(app)
     assert {trace["type"] for trace in spec["data"]} == {"scattergl"}
-    assert len({trace.get("xaxis", "x") for trace in spec["data"]}) == 8
+    assert len({trace.get("xaxis", "x") for trace in spec["data"]}) == 2 * STAGES
     tables = [frame.value for frame in app.dataframe]
     assert len(tables) == 2
     expected = separability.separability_table(load_run(runs_root / "contrastive"), kinds=("backbone",))
     np.testing.assert_allclose(tables[1].loc["silhouette"].to_numpy(), expected["silhouette"].to_numpy(), rtol=1e-6)
     assert list(tables[1].columns) == ["stage 0", "stage 1", "stage 2", "stage 3"]
     assert tables[1].loc["trustworthiness"].between(0.0, 1.0).all()
+    app.radio(key="space-colour").set_value("correct").run()
+    assert_clean(app)
+    assert {trace["name"] for trace in plotly_specs(app)[0]["data"]} == {"correct", "wrong"}
 
 
 def test_feature_spaces_projected_kind_skips_the_run_without_projector(runs_root: Path,
@@ -176,9 +185,10 @@ def test_feature_spaces_projected_kind_skips_the_run_without_projector(runs_root
     app = open_app(runs_root, monkeypatch, page="feature-spaces")
     app.selectbox(key="space-kind").set_value("projected").run()
     assert_clean(app)
-    assert any("fake-ce-0" in info.value and "projected" in info.value for info in app.info)
+    baseline = name_of(runs_root, "baseline")
+    assert any(baseline in info.value and "projected" in info.value for info in app.info)
     (spec,) = plotly_specs(app)
-    assert len({trace.get("xaxis", "x") for trace in spec["data"]}) == 4
+    assert len({trace.get("xaxis", "x") for trace in spec["data"]}) == STAGES
 
 
 def test_cross_scale_page_shows_prototypes_cka_and_pixel_maps(runs_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,13 +196,14 @@ def test_cross_scale_page_shows_prototypes_cka_and_pixel_maps(runs_root: Path, m
     assert_clean(app)
     specs = plotly_specs(app)
     heatmap_titles = [spec["layout"]["title"]["text"] for spec in specs if spec["data"][0]["type"] == "heatmap"]
-    assert heatmap_titles == ["fake-ms+cs-1: stage 0 (rows) vs stage 3, projected",
-                              "fake-ce-0: linear CKA (backbone)", "fake-ms+cs-1: linear CKA (backbone)"]
+    baseline, contrastive = name_of(runs_root, "baseline"), name_of(runs_root, "contrastive")
+    assert heatmap_titles == [f"{contrastive}: stage 0 (rows) vs stage {STAGES - 1}, projected",
+                              f"{baseline}: linear CKA (backbone)", f"{contrastive}: linear CKA (backbone)"]
     cka = crossscale.cka_matrix(load_run(runs_root / "baseline"), "backbone")
     np.testing.assert_allclose(plotly_array(specs[1]["data"][0]["z"]), cka.to_numpy(), rtol=1e-6)
     # the pixel-similarity overlays: one image + heatmap + query marker per stage, for each run
     overlays = [spec for spec in specs if spec["data"][0]["type"] == "image"]
-    assert len(overlays) == 2 and all(len(spec["data"]) == 3 * 4 for spec in overlays)
+    assert len(overlays) == 2 and all(len(spec["data"]) == 3 * STAGES for spec in overlays)
     app.slider(key="dense-y").set_value(3).run()
     assert_clean(app)
     marker = [trace for trace in plotly_specs(app)[-1]["data"] if trace["type"] == "scatter"][0]
@@ -203,7 +214,7 @@ def test_sampler_page_warns_for_the_baseline_and_shows_cap_rates(runs_root: Path
     app = open_app(runs_root, monkeypatch, page="sampler")
     assert_clean(app)
     assert len(app.warning) == 1 and "sampler/steps.parquet" in app.warning[0].value
-    assert "fake-ce-0" in app.warning[0].value
+    assert name_of(runs_root, "baseline") in app.warning[0].value
     assert len(plotly_specs(app)) == 2
     (rates,) = [frame.value for frame in app.dataframe]
     pd.testing.assert_frame_equal(rates, sampler_stats.cap_rates(load_run(runs_root / "contrastive")))
@@ -217,26 +228,35 @@ def test_iou_page_compares_classes_confusions_and_images(runs_root: Path, monkey
     expected = iou.per_class_iou_diff(load_run(runs_root / "baseline"), load_run(runs_root / "contrastive"))
     assert per_class["class_name"].tolist() == expected["class_name"].tolist()
     np.testing.assert_allclose(per_class["diff"].to_numpy(), expected["diff"].to_numpy())
-    assert len(per_image) == 6 and per_image["diff"].is_monotonic_decreasing
+    assert len(per_image) == NUM_VAL_IMAGES and per_image["diff"].is_monotonic_decreasing
     specs = plotly_specs(app)
     heatmaps = [spec for spec in specs if spec["data"][0]["type"] == "heatmap"]
-    assert [spec["layout"]["title"]["text"] for spec in heatmaps] == ["A: fake-ce-0", "B: fake-ms+cs-1", "B − A"]
-    image_choice = app.selectbox(key="iou_image")
-    assert image_choice.options[0].startswith(per_image["image_id"].iloc[0]) or len(image_choice.options) <= 3
-    assert specs[-1]["data"][0]["type"] == "image"
+    assert [spec["layout"]["title"]["text"] for spec in heatmaps] == [
+        f"A: {name_of(runs_root, 'baseline')}", f"B: {name_of(runs_root, 'contrastive')}", "B − A"]
+    saved = set(load_run(runs_root / "baseline").prediction_ids())
+    offered = [option.split()[0] for option in app.selectbox(key="iou_image").options]
+    assert offered == [image_id for image_id in per_image["image_id"] if image_id in saved]
+    app.selectbox(key="iou_image").set_value(offered[-1]).run()
+    assert_clean(app)
+    prediction = plotly_specs(app)[-1]
+    assert prediction["data"][0]["type"] == "image" and len(prediction["data"]) == 5
 
 
 def test_predictions_page_shows_shared_images(runs_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     app = open_app(runs_root, monkeypatch, page="predictions")
     assert_clean(app)
-    assert app.selectbox(key="prediction-image").options == ["val_000", "val_001", "val_002"]
+    baseline = load_run(runs_root / "baseline")
+    image_ids = baseline.prediction_ids()
+    assert app.selectbox(key="prediction-image").options == image_ids
     (spec,) = plotly_specs(app)
     titles = [annotation["text"] for annotation in spec["layout"]["annotations"]]
-    assert titles[:4] == ["image", "ground truth", "fake-ce-0", "fake-ms+cs-1"]
+    assert titles[:4] == ["image", "ground truth", baseline.name, name_of(runs_root, "contrastive")]
     assert len(spec["data"]) == 5
-    scores = [metric.value for metric in app.metric]
-    expected = load_run(runs_root / "baseline").per_image().set_index("image_id").loc["val_000", "miou"]
-    assert scores[0] == f"{expected:.3f}"
+    app.selectbox(key="prediction-image").set_value(image_ids[-1]).run()
+    assert_clean(app)
+    expected = [load_run(runs_root / folder).per_image().set_index("image_id").loc[image_ids[-1], "miou"]
+                for folder in ("baseline", "contrastive")]
+    assert [metric.value for metric in app.metric] == [f"{value:.3f}" for value in expected]
 
 
 @pytest.mark.parametrize("page", list(PAGE_SCRIPTS))
@@ -257,7 +277,7 @@ def test_missing_artifacts_give_warnings_not_tracebacks(runs_root: Path, monkeyp
     app = open_app(runs_root, monkeypatch, page=page, run_a=path_of(runs_root, "incomplete"), run_b=common.NO_RUN_B)
     assert_clean(app)
     assert app.warning, f"page {page} shows no warning for the run without {missing}"
-    assert all("fake-ms+cs-2" in warning.value for warning in app.warning)
+    assert all(name_of(runs_root, "incomplete") in warning.value for warning in app.warning)
     assert any(f"`{missing}" in warning.value and "mscl" in warning.value for warning in app.warning)
 
 
@@ -277,11 +297,22 @@ def test_empty_folder_explains_how_to_make_a_run(tmp_path: Path, monkeypatch: py
     assert any("runs folder" in info.value for info in app.main.info)
 
 
+@pytest.mark.parametrize("page", list(PAGE_SCRIPTS))
+def test_malformed_file_shows_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page: str) -> None:
+    run = write_fake_run(tmp_path / "broken", seed=4, stages=STAGES)
+    meta = json.loads((run / "embeddings" / "meta.json").read_text())
+    (run / "embeddings" / "meta.json").write_text(json.dumps({**meta, "stages": 3}))
+    app = open_app(tmp_path, monkeypatch, page=page)
+    assert not app.exception, [item.value for item in app.exception]
+    if page in ("feature-spaces", "cross-scale"):
+        assert app.error and all("embeddings/meta.json" in error.value for error in app.error)
+
+
 def test_default_map_hits_the_projection_cache_and_panels_share_pixels(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Two runs exported with the same pixels: the default view reads the t-SNE maps precomputed for
     them (no new cache file appears) and both runs' panels show the same pixels."""
-    paths = [write_fake_run(tmp_path / name, seed=3) for name in ("first", "second")]
+    paths = [write_fake_run(tmp_path / name, seed=3, stages=STAGES) for name in ("first", "second")]
     for path in paths:
         precompute_projections(load_run(path), methods=("tsne",), kinds=("projected",))
     cached_before = {path: sorted((path / "projections").iterdir()) for path in paths}
@@ -295,10 +326,10 @@ def test_default_map_hits_the_projection_cache_and_panels_share_pixels(tmp_path:
     hovered = {}
     for trace in spec["data"]:
         hovered.setdefault(trace.get("xaxis", "x"), set()).update(tuple(row[:3]) for row in trace["customdata"])
-    assert len(hovered) == 8 and len({frozenset(pixels) for pixels in hovered.values()}) == 1
+    assert len(hovered) == 2 * STAGES and len({frozenset(pixels) for pixels in hovered.values()}) == 1
 
 
-@pytest.mark.skipif(not (SAMPLE_RUNS.is_dir() and any(SAMPLE_RUNS.glob("*/run.json"))),
+@pytest.mark.skipif(not (SAMPLE_RUNS.is_dir() and any(SAMPLE_RUNS.rglob("run.json"))),
                     reason="sample_data/runs holds no run yet")
 @pytest.mark.parametrize("page", list(PAGE_SCRIPTS))
 def test_shipped_sample_runs_render_every_page(monkeypatch: pytest.MonkeyPatch, page: str) -> None:

@@ -37,7 +37,8 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(
         CHROMIUM is None or CHROMEDRIVER is None,
-        reason="the browser test needs `chromium` and `chromedriver` on PATH (Debian: apt-get install chromium chromium-driver)",
+        reason="the browser test needs `chromium` and `chromedriver` on PATH "
+               "(Debian: apt-get install chromium chromium-driver)",
     ),
 ]
 
@@ -63,7 +64,7 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def streamlit_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """Start ``streamlit run <script>`` servers; every one is terminated at teardown."""
     started: list[tuple[subprocess.Popen, object]] = []
@@ -99,7 +100,12 @@ def streamlit_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator:
+def download_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(download_dir: Path) -> Iterator:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -108,6 +114,8 @@ def browser() -> Iterator:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--window-size=1400,1000", "--hide-scrollbars"):
         options.add_argument(argument)
+    options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
+                                              "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_window_size(1400, 1000)
     yield driver
@@ -122,7 +130,8 @@ def wait_until_rendered(driver, timeout_s: float = PAGE_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     calm_checks = 0
     while time.monotonic() < deadline:
-        states = [element.get_attribute("data-test-script-state") for element in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stApp"]')]
+        states = [element.get_attribute("data-test-script-state")
+                  for element in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stApp"]')]
         busy = (
             states != ["notRunning"]
             or driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
@@ -173,24 +182,32 @@ def fake_runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_every_page_renders_without_exception(streamlit_server_factory, browser, fake_runs_root: Path) -> None:
+@pytest.fixture(scope="module")
+def app_url(streamlit_server_factory, fake_runs_root: Path) -> str:
+    """One ``streamlit run app.py`` server on the fake runs for every test of this module."""
+    return streamlit_server_factory(REPO_ROOT / "app.py", {"MSCL_RUNS": str(fake_runs_root)})
+
+
+def test_every_page_renders_without_exception(app_url: str, browser) -> None:
     from selenium.webdriver.common.by import By
 
-    base = streamlit_server_factory(REPO_ROOT / "app.py", {"MSCL_RUNS": str(fake_runs_root)})
+    base = app_url
     problems: dict[str, list[str]] = {}
     for page in PAGES:
         browser.get(f"{base}/{page.url}")
         wait_until_rendered(browser)
         save_full_screenshot(browser, SCREENSHOTS / f"{page.url_path}.png")
-        errors = exception_messages(browser)
-        if errors:
-            problems[page.url_path] = errors
-        assert not page_not_found(browser), f"{base}/{page.url} is not a page of the app"
-        title = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')
-        assert title and title[0].text.startswith(page.title), f"page {page.url_path} shows no '{page.title}' title"
-        charts = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] .js-plotly-plot')
-        assert charts, f"page {page.url_path} drew no plotly chart"
-    assert not problems, f"exception boxes on pages: {problems}"
+        found = [f"exception box: {message}" for message in exception_messages(browser)]
+        if page_not_found(browser):
+            found.append(f"{base}/{page.url} is not a page of the app")
+        titles = [element.text for element in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')]
+        if not titles or not titles[0].startswith(page.title):
+            found.append(f"title {titles[:1]} instead of '{page.title}'")
+        if not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] .js-plotly-plot'):
+            found.append("no plotly chart drawn")
+        if found:
+            problems[page.url_path] = found
+    assert not problems, f"pages with problems (screenshots in {SCREENSHOTS}): {problems}"
 
 
 def test_detector_sees_an_exception_box(streamlit_server_factory, browser, tmp_path: Path) -> None:
@@ -205,3 +222,23 @@ def test_detector_sees_an_exception_box(streamlit_server_factory, browser, tmp_p
     wait_until_rendered(browser)
     errors = exception_messages(browser)
     assert len(errors) == 1 and "deliberate failure for the browser test" in errors[0]
+
+
+def test_figure_export_downloads_an_svg(app_url: str, browser, download_dir: Path) -> None:
+    """The Export popover under a figure produces the static file on click (kaleido + Chromium)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{app_url}/iou")
+    wait_until_rendered(browser)
+    browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] [data-testid="stPopover"] button')[0].click()
+    buttons = {button.text: button
+               for button in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')
+               if button.is_displayed()}
+    assert set(buttons) == {"PNG", "SVG"}
+    buttons["SVG"].click()
+    target = download_dir / "per_class_iou_diff.svg"
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    while not target.is_file() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert target.is_file(), f"no {target.name} downloaded; found {sorted(p.name for p in download_dir.iterdir())}"
+    assert target.read_text().lstrip().startswith("<svg") and "IoU" in target.read_text()

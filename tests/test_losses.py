@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,9 +97,25 @@ def test_tiny_temperature_uses_stable_row_shift(make_inputs):
     assert_close(loss_and_grads(supervised_infonce, inputs, temperature=0.002, block_rows=5), expected, 1e-5)
     assert_close(loss_and_grads(supervised_infonce_reference, inputs, temperature=0.002), expected, 1e-5)
     z, y, z2, y2 = inputs
-    as_float = (z.detach().float().requires_grad_(), y, None if z2 is None else z2.detach().float().requires_grad_(), y2)
+    as_float = (
+        z.detach().float().requires_grad_(), y, None if z2 is None else z2.detach().float().requires_grad_(), y2,
+    )
     expected32 = loss_and_grads(loop_infonce, as_float, temperature=0.02)
     assert_close(loss_and_grads(supervised_infonce, as_float, temperature=0.02, block_rows=6), expected32, 1e-4)
+
+
+@pytest.mark.parametrize(("dtype", "temperature"), [(torch.float64, 0.002), (torch.float32, 0.01)])
+def test_far_positive_and_negatives_stay_exact(dtype, temperature):
+    # Anchor 0: positive at cos -1, negative at cos -0.9. exp(s - 1/tau) underflows for both, so a
+    # constant shift would lose the term; the row shift by the largest negative keeps it.
+    angle = math.acos(-0.9)
+    z = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [math.cos(angle), math.sin(angle)]], dtype=dtype, requires_grad=True)
+    y = torch.tensor([0, 0, 1])
+    expected = loss_and_grads(loop_infonce, (z, y, None, None), temperature=temperature)
+    assert expected[0].item() > 1.0
+    for block_rows in (1, 2):
+        actual = loss_and_grads(supervised_infonce, (z, y, None, None), temperature=temperature, block_rows=block_rows)
+        assert_close(actual, expected, 1e-5 if dtype == torch.float64 else 1e-4)
 
 
 def test_anchor_without_positive_is_left_out_of_the_mean():
@@ -127,24 +145,37 @@ def test_no_grad_gives_same_value():
 @pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
 def test_bf16_autocast_matches_reference(cross):
     generator = torch.Generator().manual_seed(11)
-    layer = torch.nn.Linear(16, 32)
     x = torch.randn(300, 16, generator=generator)
+    weight = torch.randn(16, 32, generator=generator)
     y = torch.randint(0, 6, (300,), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embeddings = x @ weight
+    assert embeddings.dtype == torch.bfloat16
+
+    def split(z):
+        return (z[:200], y[:200], z[200:], y[200:]) if cross else (z, y, None, None)
+
     implementations = [supervised_infonce_reference, lambda *args: supervised_infonce(*args, block_rows=37)]
     results = []
     for fn in implementations:
-        layer.zero_grad()
+        # fp32 embeddings inside an autocast region: the loss must not run its products in bf16.
+        z32 = embeddings.detach().float().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            z = layer(x)
-            assert z.dtype == torch.bfloat16
-            loss = fn(z[:200], y[:200], z[200:], y[200:]) if cross else fn(z, y)
+            loss = fn(*split(z32))
         loss.backward()
-        assert loss.dtype == torch.float32 and torch.isfinite(loss)
-        results.append((loss.detach(), layer.weight.grad.clone(), layer.bias.grad.clone()))
-    (ref_loss, ref_w, ref_b), (loss, w, b) = results
-    assert relative_error(loss, ref_loss) < 1e-3
-    assert relative_error(w, ref_w) < 1e-3
-    assert relative_error(b, ref_b) < 1e-3
+        # bf16 embeddings: computed in float32 inside, gradient returned in bf16.
+        z16 = embeddings.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss16 = fn(*split(z16))
+        loss16.backward()
+        assert loss.dtype == loss16.dtype == torch.float32 and z16.grad.dtype == torch.bfloat16
+        assert torch.isfinite(z16.grad).all()
+        results.append((loss.detach(), z32.grad, loss16.detach()))
+    exact = supervised_infonce_reference(*split(embeddings.detach().double()))  # float64, checked above
+    (ref_loss, ref_grad, ref_loss16), (loss, grad, loss16) = results
+    assert relative_error(loss, ref_loss) < 1e-3 and relative_error(grad, ref_grad) < 1e-3
+    assert relative_error(loss16, ref_loss16) < 1e-3
+    assert relative_error(loss.double(), exact.detach()) < 1e-3
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
@@ -206,7 +237,9 @@ def stage_embeddings(batch: int, size: int, strides=(2, 4, 8, 16), dim: int = 8,
 
 
 def small_loss(**kwargs) -> MSCSLoss:
-    settings = dict(num_classes=4, ignore_index=255, min_views_per_class=2, max_views_per_class=5, max_features_total=40)
+    settings = dict(
+        num_classes=4, ignore_index=255, min_views_per_class=2, max_views_per_class=5, max_features_total=40
+    )
     settings.update(kwargs)
     return MSCSLoss(**settings)
 
@@ -267,7 +300,8 @@ def test_same_positions_reuses_stage_zero_sample():
     output = small_loss(same_positions=True)(embeddings, labels, torch.Generator().manual_seed(6))
     assert list(output.records) == [0]
     sampler = ClassBalancedSampler(4, 255, min_views_per_class=2, max_views_per_class=5, max_features_total=40)
-    positions, sample_labels, _ = sampler.sample_positions(downsample_labels(labels, (16, 16)), torch.Generator().manual_seed(6))
+    stage0_labels = downsample_labels(labels, (16, 16))
+    positions, sample_labels, _ = sampler.sample_positions(stage0_labels, torch.Generator().manual_seed(6))
     stage3 = map_positions(positions, (16, 16), (2, 2))
     z3 = embeddings[3][stage3[:, 0], :, stage3[:, 1], stage3[:, 2]]
     assert relative_error(output.parts["ms/3"].detach(), loop_infonce(z3, sample_labels).detach()) < 1e-10

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mscl.sampler import ClassBalancedSampler, PixelSample, downsample_labels, map_positions
 
@@ -30,7 +31,8 @@ def pair_counts(sample: PixelSample) -> Counter:
 
 def test_every_kept_group_gets_exactly_views_samples():
     labels = random_labels(3, 12, 4, seed=0)
-    sample = ClassBalancedSampler(4, IGNORE, min_views_per_class=1)(features_for(labels), labels, torch.Generator().manual_seed(0))
+    sampler = ClassBalancedSampler(4, IGNORE, min_views_per_class=1)
+    sample = sampler(features_for(labels), labels, torch.Generator().manual_seed(0))
     record = sample.record
     present = {(n, c) for n in range(3) for c in range(4) if (labels[n] == c).any()}
     counts = pair_counts(sample)
@@ -124,6 +126,8 @@ def test_nearest_downsampling_matches_index_formula():
         cols = (torch.arange(size[1]) * 12) // size[1]
         assert torch.equal(downsample_labels(labels, size), labels[:, rows][:, :, cols])
     assert downsample_labels(labels, (12, 12)) is labels
+    as_interpolate = F.interpolate(labels[:, None].float(), size=(3, 4), mode="nearest")[:, 0].long()
+    assert torch.equal(downsample_labels(labels, (3, 4)), as_interpolate)  # integer factors
 
 
 def test_map_positions_floor_formula():

@@ -86,6 +86,9 @@ def test_heatmap() -> None:
     fig = figures.heatmap(matrix, ["a", "b", "c"], [0, 1], "title", zmid=0.0)
     assert np.asarray(fig.data[0].z).shape == (2, 3)
     assert list(fig.data[0].x) == ["a", "b", "c"] and list(fig.data[0].y) == ["0", "1"]
+    assert fig.data[0].texttemplate == "%{z:.2f}" and fig.data[0].zmid == 0.0
+    large = figures.heatmap(np.eye(40), list(range(40)), list(range(40)), "large")
+    assert large.data[0].texttemplate is None
     with pytest.raises(ValueError, match="does not match"):
         figures.heatmap(matrix, ["a", "b"], [0, 1], "title")
     with pytest.raises(ValueError, match="non-empty"):

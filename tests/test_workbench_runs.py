@@ -46,6 +46,16 @@ def test_cached_tables_are_not_shared_with_callers(run: Run) -> None:
     assert (run.train_metrics()["step"] >= 0).all()
 
 
+def test_refresh_rereads_a_growing_run(tmp_path) -> None:
+    run = load_run(write_fake_run(tmp_path / "r"))
+    rows = len(run.val_metrics())
+    val = run.val_metrics()
+    pd.concat([val, val.tail(1).assign(step=999)]).to_csv(run.path / "metrics" / "val.csv", index=False)
+    assert len(run.val_metrics()) == rows  # cached
+    run.refresh()
+    assert len(run.val_metrics()) == rows + 1
+
+
 def test_embeddings_are_float32_with_one_row_per_pixel(run: Run) -> None:
     pixels = run.pixels()
     assert len(pixels) == NUM_VAL_IMAGES * PIXELS_PER_IMAGE
@@ -121,6 +131,7 @@ def test_confusion_shape_checked(tmp_path) -> None:
     (lambda meta: meta["dataset"].pop("palette"), "missing key\\(s\\) \\['palette'\\]"),
     (lambda meta: meta.update(format_version=7), "format_version"),
     (lambda meta: meta["dataset"].update(palette=[[0, 0, 0]]), "dataset.palette"),
+    (lambda meta: meta["dataset"].update(palette=[[0, 0], [1, 2, 3], [4, 5, 6], [7, 8, 9]]), "dataset.palette"),
     (lambda meta: meta["model"].update(stage_strides=[4]), "stage_strides"),
 ])
 def test_malformed_run_json(tmp_path, edit, message) -> None:

@@ -203,18 +203,22 @@ def embedding_panels(panels: Sequence[Mapping[str, Any]], color_by: str = "label
 
 
 def heatmap(matrix: np.ndarray, x_labels: Sequence[Any], y_labels: Sequence[Any], title: str,
-            zmid: float | None = None, zmin: float | None = None, zmax: float | None = None) -> go.Figure:
-    """Annotated heatmap; rows are drawn top to bottom. ``zmid`` selects a diverging colour scale."""
+            zmid: float | None = None, zmin: float | None = None, zmax: float | None = None,
+            show_values: bool | None = None) -> go.Figure:
+    """Heatmap with rows drawn top to bottom; ``zmid`` selects a diverging colour scale. Cell values are
+    written in the cells when ``show_values`` (default: when both sides have at most 30 labels)."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.size == 0:
         raise ValueError(f"heatmap needs a non-empty 2-D matrix, got shape {matrix.shape}")
     if matrix.shape != (len(y_labels), len(x_labels)):
         raise ValueError(f"matrix shape {matrix.shape} does not match {len(y_labels)} y labels x "
                          f"{len(x_labels)} x labels")
+    if show_values is None:
+        show_values = max(matrix.shape) <= 30
     fig = go.Figure(go.Heatmap(
         z=matrix, x=[str(v) for v in x_labels], y=[str(v) for v in y_labels],
         colorscale="RdBu_r" if zmid is not None else "Viridis", zmid=zmid, zmin=zmin, zmax=zmax,
-        texttemplate="%{z:.2f}", hovertemplate="%{y} → %{x}: %{z:.3f}<extra></extra>",
+        texttemplate="%{z:.2f}" if show_values else None, hovertemplate="%{y} → %{x}: %{z:.3f}<extra></extra>",
     ))
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category", autorange="reversed")
@@ -329,10 +333,11 @@ def per_image_diff_figure(df: pd.DataFrame, name_a: str | None = None, name_b: s
         customdata=df[["image_id"]].astype(str).to_numpy(),
         marker={"color": df["diff"], "colorscale": "RdYlGn", "cmin": -limit, "cmax": limit, "size": 8,
                 "colorbar": {"title": "diff"}},
-        hovertemplate="%{customdata[0]}<br>" + f"{name_a}: " + "%{x:.3f}<br>" + f"{name_b}: " + "%{y:.3f}<extra></extra>",
+        hovertemplate=("%{customdata[0]}<br>" + f"{name_a}: " + "%{x:.3f}<br>"
+                       + f"{name_b}: " + "%{y:.3f}<extra></extra>"),
     ))
     fig.update_layout(xaxis_title=f"mIoU {name_a}", yaxis_title=f"mIoU {name_b}", height=500,
-                      title="per-image mIoU (above the diagonal: B better)")
+                      title=f"per-image mIoU (above the diagonal: {name_b} better)")
     return fig
 
 

@@ -139,7 +139,10 @@ def _validate_run_meta(meta: Any, artifact: str = "run.json") -> dict:
     names = meta["dataset"]["class_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise RunFormatError(f"{artifact}: key 'dataset.class_names' must be a non-empty list of strings")
-    palette = np.asarray(meta["dataset"]["palette"])
+    try:
+        palette = np.asarray(meta["dataset"]["palette"])
+    except ValueError as err:
+        raise RunFormatError(f"{artifact}: key 'dataset.palette' must be [r, g, b] triples ({err})") from err
     if palette.shape != (len(names), 3) or not np.issubdtype(palette.dtype, np.integer) \
             or palette.min() < 0 or palette.max() > 255:
         raise RunFormatError(
@@ -186,6 +189,15 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run(name={self.name!r}, path={str(self.path)!r})"
+
+    def refresh(self) -> None:
+        """Forget cached artifacts and re-read run.json (for a run that is still being written)."""
+        fresh = Run(self.path)
+        self.meta, self.name = fresh.meta, fresh.name
+        with self._tables_lock:
+            self._tables.clear()
+        self._arrays = _LRU(maxsize=8)
+        self._images = _LRU(maxsize=16)
 
     # ----------------------------------------------------------------- helpers
     def has(self, artifact: str) -> bool:
