@@ -204,6 +204,11 @@ def validate(config: Config) -> None:
         )
     if any(len(pair) != 2 for pair in loss.cs_pairs):
         raise ConfigError(f"loss.cs_pairs must be a list of [high, low] stage pairs, got {loss.cs_pairs}")
+    if config.data.crop_size is None and list(config.data.scale_range) != [1.0, 1.0] and config.data.batch_size > 1:
+        raise ConfigError(
+            f"data.scale_range={config.data.scale_range} makes images of different sizes; set data.crop_size "
+            "(e.g. [176, 240]) so a batch can be stacked, or data.scale_range=[1.0, 1.0]"
+        )
     if config.optim.name not in ("sgd", "adamw"):
         raise ConfigError(f"optim.name must be 'sgd' or 'adamw', got '{config.optim.name}'")
     if config.train.steps < 1:

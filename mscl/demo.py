@@ -18,9 +18,15 @@ from mscl.trainer import Trainer
 DEMO_RUNS = (("ce", "synthetic-ce"), ("ms+cs", "synthetic-mscs"))
 
 
-def make_demo(out: Path, steps: int | None = None, seed: int = 0, n_train: int = 240, n_val: int = 60) -> list[Path]:
-    """Generate ``out/synthetic`` and train the two demo runs into ``out/runs``; returns the run dirs."""
-    data_root = generate_synthetic_dataset(out / "synthetic", n_train=n_train, n_val=n_val, seed=seed)
+def make_demo(
+    out: Path, steps: int | None = None, seed: int = 0, n_train: int = 200, n_val: int = 50, size: tuple[int, int] = (192, 256)
+) -> list[Path]:
+    """Generate ``out/synthetic`` and train the two demo runs into ``out/runs``; returns the run dirs.
+
+    Scenes of 192x256 give the coarsest (stride-32) stage a 6x8 grid, enough cells for the road and
+    parking bands to pass the sampler's ``min_views_per_class`` there.
+    """
+    data_root = generate_synthetic_dataset(out / "synthetic", n_train=n_train, n_val=n_val, size=size, seed=seed, overwrite=True)
     run_dirs = []
     for preset, name in DEMO_RUNS:
         overrides = [f"name={name}", f"output_dir={out / 'runs'}", f"data.root={data_root}", f"loss.preset={preset}", f"seed={seed}"]

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -464,8 +465,6 @@ class Trainer:
 
 
 def _in_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

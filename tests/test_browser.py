@@ -188,26 +188,41 @@ def app_url(streamlit_server_factory, fake_runs_root: Path) -> str:
     return streamlit_server_factory(REPO_ROOT / "app.py", {"MSCL_RUNS": str(fake_runs_root)})
 
 
-def test_every_page_renders_without_exception(app_url: str, browser) -> None:
+def page_problems(driver, base: str, screenshot_dir: Path) -> dict[str, list[str]]:
+    """Visit every page, save a screenshot of each, and list what is wrong on each page."""
     from selenium.webdriver.common.by import By
 
-    base = app_url
     problems: dict[str, list[str]] = {}
     for page in PAGES:
-        browser.get(f"{base}/{page.url}")
-        wait_until_rendered(browser)
-        save_full_screenshot(browser, SCREENSHOTS / f"{page.url_path}.png")
-        found = [f"exception box: {message}" for message in exception_messages(browser)]
-        if page_not_found(browser):
+        started = time.monotonic()
+        driver.get(f"{base}/{page.url}")
+        wait_until_rendered(driver)
+        print(f"{page.url_path}: rendered in {time.monotonic() - started:.1f} s")
+        save_full_screenshot(driver, screenshot_dir / f"{page.url_path}.png")
+        found = [f"exception box: {message}" for message in exception_messages(driver)]
+        if page_not_found(driver):
             found.append(f"{base}/{page.url} is not a page of the app")
-        titles = [element.text for element in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')]
+        titles = [element.text for element in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')]
         if not titles or not titles[0].startswith(page.title):
             found.append(f"title {titles[:1]} instead of '{page.title}'")
-        if not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] .js-plotly-plot'):
+        if not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] .js-plotly-plot'):
             found.append("no plotly chart drawn")
         if found:
             problems[page.url_path] = found
+    return problems
+
+
+def test_every_page_renders_without_exception(app_url: str, browser) -> None:
+    problems = page_problems(browser, app_url, SCREENSHOTS)
     assert not problems, f"pages with problems (screenshots in {SCREENSHOTS}): {problems}"
+
+
+@pytest.mark.skipif(not (REPO_ROOT / "sample_data/runs").is_dir(), reason="no shipped sample_data/runs")
+def test_every_page_renders_on_the_shipped_runs(streamlit_server_factory, browser) -> None:
+    """The app as a new user first sees it: default runs folder, the shipped demo runs."""
+    base = streamlit_server_factory(REPO_ROOT / "app.py", {"MSCL_RUNS": ""})
+    problems = page_problems(browser, base, SCREENSHOTS / "sample_data")
+    assert not problems, f"pages with problems (screenshots in {SCREENSHOTS / 'sample_data'}): {problems}"
 
 
 def test_detector_sees_an_exception_box(streamlit_server_factory, browser, tmp_path: Path) -> None:

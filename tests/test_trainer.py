@@ -220,6 +220,8 @@ def test_config_errors_name_the_key(tmp_path) -> None:
     bad.write_text("data:\n  nme: camvid\n")
     with pytest.raises(ConfigError, match="bad.yaml.*data.nme"):
         load_config(bad)
+    with pytest.raises(ConfigError, match="data.crop_size"):
+        load_config(overrides=["data.crop_size=null", "data.scale_range=[0.5, 2.0]"])
     with pytest.raises(ConfigError, match="presets"):
         resolve_config_path("no-such-config")
     config = load_config(overrides=["loss.temperature=0.2", "data.crop_size=[64, 64]"])

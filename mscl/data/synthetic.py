@@ -5,7 +5,8 @@ Purpose: a small, fast dataset on which multi-scale / cross-scale contrastive le
 has something to show. Every image is drawn with numpy/PIL only and written in the folder format
 of :mod:`mscl.data.folder`.
 
-Scene layout (``H x W``, default 96 x 128):
+Scene layout (``H x W``, default 96 x 128; every length below is for that size and scales with
+``min(H / 96, W / 128)``, so larger scenes keep the same layout relative to the encoder strides):
 
 * **Regions** — a wavy vertical boundary splits the image into a left and a right region; each is
   independently ``grass`` (0) or ``sand`` (1). These two are locally distinct (different colour and
@@ -52,7 +53,7 @@ SyntheticScenes = DatasetInfo(
 
 GRASS, SAND, ROAD, PARKING, SHEEP, CAMEL, FLAG = range(7)
 CONTEXT_PAIRS = ((ROAD, PARKING), (SHEEP, CAMEL))
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 BORDER_PX = 2
 FLAG_PROBABILITY = 0.3
 SPLIT_CODES = {"train": 0, "val": 1}
@@ -90,27 +91,28 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (96, 128)) ->
     if height < 32 or width < 32:
         raise ValueError(f"synthetic scenes need at least 32x32 pixels, got {size}")
     ys, xs = np.mgrid[0:height, 0:width]
+    scale = min(height / 96, width / 128)
 
-    boundary = width * rng.uniform(0.3, 0.7) + rng.uniform(2, 8) * np.sin(
-        2 * np.pi * ys / rng.uniform(40, 90) + rng.uniform(0, 2 * np.pi)
+    boundary = width * rng.uniform(0.3, 0.7) + scale * rng.uniform(2, 8) * np.sin(
+        2 * np.pi * ys / (scale * rng.uniform(40, 90)) + rng.uniform(0, 2 * np.pi)
     )
     left_type, right_type = rng.integers(0, 2, size=2)
     region = np.where(xs < boundary, left_type, right_type).astype(np.uint8)
     label = region.copy()
 
-    band_centre = height * rng.uniform(0.3, 0.7) + rng.uniform(2, 6) * np.sin(
-        2 * np.pi * xs / rng.uniform(60, 160) + rng.uniform(0, 2 * np.pi)
+    band_centre = height * rng.uniform(0.3, 0.7) + scale * rng.uniform(2, 6) * np.sin(
+        2 * np.pi * xs / (scale * rng.uniform(60, 160)) + rng.uniform(0, 2 * np.pi)
     )
-    band_half = rng.uniform(9, 13)
+    band_half = scale * rng.uniform(9, 13)
     band = np.abs(ys - band_centre) < band_half
     label[band] = np.where(region[band] == GRASS, ROAD, PARKING)
 
     for _ in range(rng.integers(2, 5)):
-        radius_y, radius_x = rng.uniform(5, 9, size=2)
+        radius_y, radius_x = scale * rng.uniform(5, 9, size=2)
         for _attempt in range(20):
             cy, cx = rng.uniform(radius_y, height - radius_y), rng.uniform(radius_x, width - radius_x)
             centre_band = band_centre[0, min(int(cx), width - 1)]
-            if abs(cy - centre_band) > band_half + radius_y + 1:
+            if abs(cy - centre_band) > band_half + radius_y + scale:
                 break
         else:
             continue
@@ -120,7 +122,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (96, 128)) ->
         label[blob] = SHEEP if centre_region == GRASS else CAMEL
 
     if rng.random() < FLAG_PROBABILITY:
-        flag_h, flag_w = rng.integers(4, 7), rng.integers(5, 9)
+        flag_h, flag_w = round(scale * rng.integers(4, 7)), round(scale * rng.integers(5, 9))
         top = rng.integers(BORDER_PX, height - BORDER_PX - flag_h)
         left = rng.integers(BORDER_PX, width - BORDER_PX - flag_w)
         label[top : top + flag_h, left : left + flag_w] = FLAG
@@ -189,8 +191,8 @@ def generate_synthetic_dataset(
             rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
             image, label = render_scene(rng, size)
             name = f"scene_{index:05d}.png"
-            Image.fromarray(image).save(image_dir / name, compress_level=1)
-            Image.fromarray(label).save(mask_dir / name, compress_level=1)
+            Image.fromarray(image).save(image_dir / name)
+            Image.fromarray(label).save(mask_dir / name)
     write_classes_file(
         classes_file,
         SyntheticScenes,
