@@ -246,10 +246,14 @@ def test_figure_export_downloads_an_svg(app_url: str, browser, download_dir: Pat
     browser.get(f"{app_url}/iou")
     wait_until_rendered(browser)
     browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] [data-testid="stPopover"] button')[0].click()
-    buttons = {button.text: button
-               for button in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')
-               if button.is_displayed()}
-    assert set(buttons) == {"PNG", "SVG"}
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    buttons: dict = {}
+    while set(buttons) != {"PNG", "SVG"} and time.monotonic() < deadline:
+        time.sleep(0.3)
+        buttons = {button.text: button
+                   for button in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')
+                   if button.is_displayed()}
+    assert set(buttons) == {"PNG", "SVG"}, f"the Export popover showed {sorted(buttons)} within {PAGE_TIMEOUT_S} s"
     buttons["SVG"].click()
     target = download_dir / "per_class_iou_diff.svg"
     deadline = time.monotonic() + PAGE_TIMEOUT_S

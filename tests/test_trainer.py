@@ -251,3 +251,19 @@ def test_epoch_sampler_shards_and_resumes() -> None:
     first_epoch = EpochSampler(indices, batch_size=3, seed=1)
     first_epoch.set_epoch(4)
     assert list(other_epoch) != list(first_epoch)
+
+
+@pytest.mark.slow
+def test_demo_writes_two_comparable_runs_with_cached_projections(tmp_path) -> None:
+    from mscl.demo import make_demo
+    from workbench import load_run
+    from workbench.projections import projection_cache_path, select_pixels
+
+    runs = make_demo(tmp_path, steps=4, n_train=16, n_val=4, size=(96, 128))
+    assert [p.name for p in runs] == ["synthetic-ce", "synthetic-mscs"]
+    ce, mscs = (load_run(p) for p in runs)
+    assert ce.meta["loss_preset"] == "ce" and mscs.meta["loss_preset"] == "ms+cs"
+    pd.testing.assert_frame_equal(ce.pixels()[["image_id", "y", "x"]], mscs.pixels()[["image_id", "y", "x"]])
+    rows = select_pixels(mscs)
+    assert projection_cache_path(mscs, 0, "projected", "umap", pixels=rows).is_file()
+    assert projection_cache_path(ce, 3, "backbone", "pca", pixels=select_pixels(ce)).is_file()
