@@ -30,7 +30,7 @@ class DataConfig:
     val_split: str = "val"
     resize: float | None = 0.5
     crop_size: list[int] | None = None
-    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     hflip: bool = True
     color_jitter: float = 0.2
     batch_size: int = 8

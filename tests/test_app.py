@@ -329,10 +329,14 @@ def test_default_map_hits_the_projection_cache_and_panels_share_pixels(tmp_path:
     assert len(hovered) == 2 * STAGES and len({frozenset(pixels) for pixels in hovered.values()}) == 1
 
 
-@pytest.mark.skipif(not (SAMPLE_RUNS.is_dir() and any(SAMPLE_RUNS.rglob("run.json"))),
-                    reason="sample_data/runs holds no run yet")
+COMMITTED_RUNS = [folder for folder in (SAMPLE_RUNS, REPO_ROOT / "results" / "camvid")
+                  if folder.is_dir() and any(folder.rglob("run.json"))]
+
+
+@pytest.mark.skipif(not COMMITTED_RUNS, reason="no committed runs (sample_data/runs, results/camvid) yet")
+@pytest.mark.parametrize("folder", COMMITTED_RUNS, ids=lambda folder: folder.parent.name)
 @pytest.mark.parametrize("page", list(PAGE_SCRIPTS))
-def test_shipped_sample_runs_render_every_page(monkeypatch: pytest.MonkeyPatch, page: str) -> None:
-    app = open_app(SAMPLE_RUNS, monkeypatch, page=page)
+def test_committed_runs_render_every_page(monkeypatch: pytest.MonkeyPatch, folder: Path, page: str) -> None:
+    app = open_app(folder, monkeypatch, page=page)
     assert_clean(app)
     assert plotly_specs(app)

@@ -267,3 +267,17 @@ def test_demo_writes_two_comparable_runs_with_cached_projections(tmp_path) -> No
     rows = select_pixels(mscs)
     assert projection_cache_path(mscs, 0, "projected", "umap", pixels=rows).is_file()
     assert projection_cache_path(ce, 3, "backbone", "pca", pixels=select_pixels(ce)).is_file()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in Path(resolve_config_path("synthetic-tiny")).parent.glob("*.yaml")))
+def test_every_shipped_preset_loads(name: str) -> None:
+    config = load_config(resolve_config_path(name))
+    assert config.loss.preset in ("ce", "ms", "ms+cs")
+    assert len(config.loss.ms_weights) == 4
+
+
+def test_default_config_is_valid() -> None:
+    config = load_config()
+    assert config.loss.preset == "ms+cs" and config.loss.contrastive_weight == 0.1 and config.loss.temperature == 0.1
+    assert config.loss.ms_weights == [1.0, 0.7, 0.4, 0.1] and config.loss.cs_pairs == [[0, -1], [0, -2]]
+    assert (config.loss.min_views_per_class, config.loss.max_views_per_class, config.loss.max_features_total) == (5, 2500, 10000)
