@@ -3,6 +3,8 @@ schedule and augmentation; then the mIoU table, per-class IoU and per-stage sepa
 
     python scripts/camvid_study.py --out results/camvid --seeds 0 1 2          # train (resumes, skips finished runs)
     python scripts/camvid_study.py --out results/camvid --summarize-only       # tables only
+    python scripts/camvid_study.py --out results/camvid-variants/w0.03 --seeds 0 --arms mscs \
+        --set loss.contrastive_weight=0.03                                         # a variant
 
 Extra config overrides for every run: ``--set key=value`` (e.g. a variant of the loss weight).
 """
@@ -18,11 +20,12 @@ import pandas as pd
 ARMS = {"ce": "ce", "ms": "ms", "mscs": "ms+cs"}
 
 
-def train_all(out: Path, seeds: list[int], config: str, overrides: list[str]) -> None:
+def train_all(out: Path, seeds: list[int], config: str, overrides: list[str], arms: list[str]) -> None:
     from mscl.cli import main as mscl
 
     for seed in seeds:
-        for arm, preset in ARMS.items():
+        for arm in arms:
+            preset = ARMS[arm]
             run = out / f"{arm}-s{seed}"
             meta = run / "run.json"
             status = json.loads(meta.read_text())["status"] if meta.is_file() else None
@@ -85,18 +88,53 @@ def summarize(out: Path) -> str:
     return text
 
 
+def export_figures(out: Path, figures_dir: Path, seed: int = 0) -> list[Path]:
+    """The per-class IoU difference (mean over seeds, ms+cs - ce) and the per-stage feature spaces of the
+    ce and ms+cs runs of one seed (aligned PCA of the backbone features, the same pixels in every panel)."""
+    import numpy as np
+
+    from workbench import figures, load_run, projections
+
+    runs = {run.name: run for run in (load_run(meta.parent) for meta in out.glob("*/run.json")) if run.meta["status"] == "finished"}
+    ce = [r for name, r in runs.items() if name.startswith("ce-")]
+    mscs = [r for name, r in runs.items() if name.startswith("mscs-")]
+    iou_a = np.nanmean([r.per_class()["iou"].to_numpy() for r in ce], axis=0)
+    iou_b = np.nanmean([r.per_class()["iou"].to_numpy() for r in mscs], axis=0)
+    per_class = ce[0].per_class()
+    diff = pd.DataFrame({
+        "class_id": per_class["class_id"], "class_name": per_class["class_name"], "iou_a": iou_a, "iou_b": iou_b,
+        "diff": iou_b - iou_a, "gt_frequency": per_class["gt_pixels"] / per_class["gt_pixels"].sum(),
+    }).sort_values("diff", ascending=False)
+    written = [figures.export_figure(figures.iou_diff_figure(diff, f"ce (mean of {len(ce)})", f"ms+cs (mean of {len(mscs)})"),
+                                     figures_dir / "iou_diff.png", format="png")]
+    pair = [runs[f"ce-s{seed}"], runs[f"mscs-s{seed}"]]
+    for kind in ("backbone",):
+        items = [(run, stage, kind) for run in pair for stage in run.embedding_stages()]
+        rows = projections.aligned_pixel_rows(pair)
+        coords = projections.aligned_projections(items, method="pca", pixels=rows[0])
+        panels = [figures.embedding_panel(run, stage, kind, xy, rows[pair.index(run)]) for (run, stage, kind), xy in zip(items, coords)]
+        figure = figures.embedding_panels(panels, class_names=pair[0].class_names, palette=pair[0].palette)
+        written.append(figures.export_figure(figure, figures_dir / f"feature_spaces_{kind}_seed{seed}.png", format="png"))
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/camvid")
     parser.add_argument("--config", default="camvid-study")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="which arms to train")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--figures", help="also export the IoU-difference and feature-space figures into this folder")
     args = parser.parse_args()
     out = Path(args.out)
     if not args.summarize_only:
-        train_all(out, args.seeds, args.config, args.set)
+        train_all(out, args.seeds, args.config, args.set, args.arms)
     print(summarize(out))
+    if args.figures:
+        for path in export_figures(out, Path(args.figures)):
+            print("figure:", path)
 
 
 if __name__ == "__main__":
