@@ -86,8 +86,8 @@ def default_runs_root(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
 
 def default_pair(run_table: pd.DataFrame) -> tuple[str | None, str]:
     """Paths of the runs selected at start: A is a cross-entropy baseline when the folder has one (else
-    the first run), B the first other run of the same dataset and model (else the first other run, else
-    none). ``run_table`` is ``workbench.runs.list_runs`` output."""
+    the first run), B another run of the same dataset and model, preferring a finished ms+cs run, then ms,
+    then any (else the first other run, else none). ``run_table`` is ``workbench.runs.list_runs`` output."""
     if run_table.empty:
         return None, NO_RUN_B
     baselines = run_table[run_table["loss_preset"] == "ce"]
@@ -96,8 +96,12 @@ def default_pair(run_table: pd.DataFrame) -> tuple[str | None, str]:
     if others.empty:
         return str(first_a["path"]), NO_RUN_B
     same_setup = others[(others["dataset"] == first_a["dataset"]) & (others["model"] == first_a["model"])]
-    run_b = same_setup.iloc[0] if not same_setup.empty else others.iloc[0]
-    return str(first_a["path"]), str(run_b["path"])
+    candidates = same_setup if not same_setup.empty else others
+    preference = {"ms+cs": 0, "ms": 1}
+    ranked = candidates.assign(
+        _preset=candidates["loss_preset"].map(preference).fillna(2), _unfinished=candidates["status"] != "finished"
+    ).sort_values(["_unfinished", "_preset"], kind="stable")
+    return str(first_a["path"]), str(ranked.iloc[0]["path"])
 
 
 def run_stamp(path: str | Path) -> int:

@@ -44,6 +44,9 @@ def _run_section(label: str, run: Run, key: str) -> None:
         histogram = common.cached_call(sampler_stats.sampler_histogram, [run], stage, chosen_steps)
         common.show_figure(figures.sampler_histogram_figure(histogram), key=f"sampler-histogram-{key}",
                            file_stem=f"sampler_histogram_{run.name}_stage{stage}")
+        per_class = common.cached_call(sampler_stats.class_timeline, [run], stage)
+        common.show_figure(figures.class_timeline_figure(per_class, run.palette), key=f"sampler-classes-{key}",
+                           file_stem=f"sampler_classes_{run.name}_stage{stage}")
         timeline = common.cached_call(sampler_stats.sampler_timeline, [run])
         common.show_figure(figures.sampler_timeline_figure(timeline), key=f"sampler-timeline-{key}",
                            file_stem=f"sampler_timeline_{run.name}")

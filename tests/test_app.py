@@ -107,6 +107,18 @@ def test_default_pair_takes_baseline_as_a_and_same_setup_as_b(runs_root: Path) -
     assert common.default_pair(table[table["name"] == name_of(runs_root, "baseline")]) == (run_a, common.NO_RUN_B)
 
 
+def test_default_pair_prefers_a_finished_mscs_run_as_b() -> None:
+    table = pd.DataFrame({
+        "path": ["ce-s0", "ce-s1", "ms-s0", "mscs-s1", "mscs-s0"],
+        "status": ["finished", "finished", "finished", "running", "finished"],
+        "loss_preset": ["ce", "ce", "ms", "ms+cs", "ms+cs"],
+        "dataset": ["camvid"] * 5,
+        "model": ["deeplabv3"] * 5,
+    })
+    assert common.default_pair(table) == ("ce-s0", "mscs-s0")
+    assert common.default_pair(table.iloc[:3]) == ("ce-s0", "ms-s0")
+
+
 def test_missing_artifact_message_names_file_and_hint(tmp_path: Path) -> None:
     error = MissingArtifactError(tmp_path, "sampler/steps.parquet", "written by `mscl train`")
     message = common.missing_artifact_message(error, "my-run")
@@ -215,7 +227,7 @@ def test_sampler_page_warns_for_the_baseline_and_shows_cap_rates(runs_root: Path
     assert_clean(app)
     assert len(app.warning) == 1 and "sampler/steps.parquet" in app.warning[0].value
     assert name_of(runs_root, "baseline") in app.warning[0].value
-    assert len(plotly_specs(app)) == 2
+    assert len(plotly_specs(app)) == 3
     (rates,) = [frame.value for frame in app.dataframe]
     pd.testing.assert_frame_equal(rates, sampler_stats.cap_rates(load_run(runs_root / "contrastive")))
 

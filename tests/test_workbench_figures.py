@@ -12,7 +12,7 @@ from workbench import figures
 from workbench.crossscale import pixel_similarity_maps
 from workbench.iou import per_class_iou_diff, per_image_diff
 from workbench.runs import load_run
-from workbench.sampler_stats import sampler_histogram, sampler_timeline
+from workbench.sampler_stats import class_timeline, sampler_histogram, sampler_timeline
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,14 @@ def test_sampler_figures(runs) -> None:
     for builder in (figures.sampler_histogram_figure, figures.sampler_timeline_figure):
         with pytest.raises(ValueError, match="non-empty"):
             builder(pd.DataFrame())
+    per_class = class_timeline(runs[0], 0)
+    fig = figures.class_timeline_figure(per_class, runs[0].palette)
+    assert [trace.name for trace in fig.data] == list(runs[0].class_names[: per_class["class_id"].nunique()])
+    first = per_class[per_class["class_id"] == 0]
+    np.testing.assert_array_equal(fig.data[0].y, first["sampled"])
+    assert fig.data[0].line.color == f"rgb({','.join(str(int(c)) for c in runs[0].palette[0])})"
+    with pytest.raises(ValueError, match="non-empty"):
+        figures.class_timeline_figure(pd.DataFrame(), runs[0].palette)
 
 
 def test_iou_figures(runs) -> None:

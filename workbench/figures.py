@@ -292,6 +292,20 @@ def sampler_timeline_figure(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def class_timeline_figure(df: pd.DataFrame, palette: np.ndarray | Sequence) -> go.Figure:
+    """Sampled views per class over training at one stage (``sampler_stats.class_timeline``), one line per
+    class in its palette colour: shows which classes the sampler never or rarely fed the loss."""
+    if df is None or df.empty:
+        raise ValueError("class_timeline_figure needs a non-empty class_timeline table")
+    palette = np.asarray(palette)
+    fig = go.Figure()
+    for class_id, rows in df.groupby("class_id", sort=True):
+        fig.add_trace(go.Scatter(x=rows["step"], y=rows["sampled"], mode="lines", name=str(rows["class"].iloc[0]),
+                                 line={"color": _rgb(palette[int(class_id)])}))
+    fig.update_layout(title="sampled views per class", xaxis_title="step", yaxis_title="views", height=360)
+    return fig
+
+
 def iou_diff_figure(df: pd.DataFrame, name_a: str | None = None, name_b: str | None = None) -> go.Figure:
     """Per-class IoU of both runs, the difference (B - A) in table order, and the class pixel frequency."""
     if df is None or df.empty:
