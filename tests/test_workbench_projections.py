@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -206,3 +208,17 @@ def test_precompute_fills_the_cache_the_app_reads(run, monkeypatch) -> None:
         assert projection(run, stage, "backbone", "pca", pixels=rows).shape == (50, 2)
     aligned = aligned_projections([(run, s, "projected") for s in stages], "pca", pixels=rows)
     assert len(aligned) == len(stages)
+
+
+def test_cache_survives_copying_the_run_elsewhere(run, tmp_path, monkeypatch) -> None:
+    """A fresh clone has new paths and new file times: the shipped caches must still be hits."""
+    rows = select_pixels(run, max_points=60)
+    single = projection(run, 1, "backbone", "pca", pixels=rows)
+    aligned = aligned_projections([(run, 0, "projected"), (run, 3, "projected")], "pca", pixels=rows)
+    time.sleep(0.01)
+    copy = load_run(shutil.copytree(run.path, tmp_path / "elsewhere" / "r", copy_function=shutil.copy))
+    assert (copy.path / "embeddings/stage1_backbone.npy").stat().st_mtime_ns != (run.path / "embeddings/stage1_backbone.npy").stat().st_mtime_ns
+    forbid_projection(monkeypatch)
+    np.testing.assert_array_equal(projection(copy, 1, "backbone", "pca", pixels=rows), single)
+    for panel, expected in zip(aligned_projections([(copy, 0, "projected"), (copy, 3, "projected")], "pca", pixels=rows), aligned):
+        np.testing.assert_array_equal(panel, expected)

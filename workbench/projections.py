@@ -176,8 +176,14 @@ def _cache_key(payload: dict[str, Any]) -> str:
 
 
 def _source_fingerprint(run: Run, stage: int, kind: str) -> list:
-    stat = run.embedding_file(stage, kind).stat()
-    return [stat.st_size, stat.st_mtime_ns]
+    """Size and SHA-1 of the embeddings file: unchanged by copies and fresh clones, changed by a re-export."""
+    path = run.embedding_file(stage, kind)
+    return [path.stat().st_size, hashlib.sha1(path.read_bytes()).hexdigest()]
+
+
+def _run_identity(run: Run) -> list:
+    """A run's identity in cache keys that does not depend on where the run directory lives."""
+    return [run.name, run.meta.get("created")]
 
 
 def _resolve_pixels(run: Run, pixels: np.ndarray | None, seed: int) -> np.ndarray:
@@ -299,7 +305,7 @@ def _aligned_plan(items: list[tuple[Run, int, str]], method: str, pixels: np.nda
     unique_runs = list({id(run): run for run, _, _ in items}.values())
     run_rows = dict(zip((id(run) for run in unique_runs), aligned_pixel_rows(unique_runs, pixels, seed)))
     rows = [run_rows[id(run)] for run, _, _ in items]
-    key = _cache_key({"aligned": [[str(run.path), stage, kind] for run, stage, kind in items], "method": method,
+    key = _cache_key({"aligned": [[_run_identity(run), stage, kind] for run, stage, kind in items], "method": method,
                       "params": merged, "seed": seed, "pixels": [_pixel_hash(r) for r in rows]})
     return rows, merged, items[0][0].path / "projections" / f"aligned-{key}.npz"
 
@@ -342,7 +348,7 @@ def aligned_projections(items: list[tuple[Run, int, str]], method: str = "umap",
         panels = _procrustes_align([_pca(X, merged, seed) for X in data])
     coords = np.stack(panels).astype(np.float32)
     _write_cache(path, coords, stacked_rows, {
-        "format": CACHE_FORMAT, "items": [[str(run.path), stage, kind] for run, stage, kind in items],
+        "format": CACHE_FORMAT, "items": [[_run_identity(run), stage, kind] for run, stage, kind in items],
         "method": method, "params": merged, "seed": seed, "sources": sources})
     return list(coords)
 
