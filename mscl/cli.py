@@ -7,6 +7,7 @@ Examples::
     mscl train --resume runs/camvid-mscs
     mscl eval runs/camvid-mscs --split val
     mscl export runs/camvid-mscs
+    mscl project runs/camvid-mscs
     mscl demo
 """
 
@@ -128,11 +129,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         device=device,
     )
     if config.export.project and not args.no_project:
-        from workbench.projections import precompute_projections
-        from workbench.runs import load_run
-
-        precompute_projections(load_run(args.run), seed=config.seed)
+        precompute(args.run, config.seed)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def precompute(run_dir: str | Path, seed: int) -> None:
+    """Fill a run's 2-D projection cache with the app's default parameters (``workbench.projections``)."""
+    from workbench.projections import precompute_projections
+    from workbench.runs import load_run
+
+    paths = precompute_projections(load_run(run_dir), seed=seed)
+    print(f"{len(paths)} projections cached under {Path(run_dir) / 'projections'}")
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    precompute(args.run, args.seed)
     return 0
 
 
@@ -177,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--save", action="store_true", help="write the tables to RUN/eval-<split>-<checkpoint>/")
         else:
             command.add_argument("--no-project", action="store_true", help="skip precomputing 2-D projections")
+
+    project = sub.add_parser("project", help="precompute a run's 2-D projections (UMAP, PCA, aligned sets) for the app")
+    project.add_argument("run", help="run directory")
+    project.add_argument("--seed", type=int, default=0)
+    project.set_defaults(func=cmd_project)
 
     demo = sub.add_parser("demo", help="generate synthetic scenes and train the shipped baseline and ms+cs demo runs")
     demo.add_argument("--out", default="sample_data", help="output folder (default sample_data)")

@@ -8,6 +8,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -423,6 +425,11 @@ class Trainer:
                 self.writer.write_meta(status="interrupted", timing=self._timing())
                 print(f"\ninterrupted at step {self.step}; continue with: mscl train --resume {self.run_dir}")
             raise
+        except Exception as err:
+            bar.close()
+            if self.is_main:
+                self.writer.write_meta(status="failed", error=f"{type(err).__name__}: {err}", timing=self._timing())
+            raise
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
@@ -457,11 +464,17 @@ class Trainer:
             progress=self.config.train.progress,
         )
         if cfg.project:
-            from workbench.projections import precompute_projections
-            from workbench.runs import load_run
-
-            precompute_projections(load_run(self.run_dir), seed=self.config.seed)
+            precompute_in_child_process(self.run_dir, self.config.seed)
         return summary
+
+
+def precompute_in_child_process(run_dir: Path, seed: int) -> None:
+    """``mscl project RUN`` in a child process: UMAP's numba threads stay spinning in the process that ran
+    it and slowed any later training there several-fold (seen when one process trained several runs)."""
+    command = [sys.executable, "-m", "mscl.cli", "project", str(run_dir), "--seed", str(seed)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"precomputing projections for {run_dir} failed:\n{result.stderr[-2000:]}")
 
 
 def _in_main_thread() -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,11 +23,13 @@ ARMS = {"ce": "ce", "ms": "ms", "mscs": "ms+cs"}
 
 
 def train_all(out: Path, seeds: list[int], config: str, overrides: list[str], arms: list[str]) -> None:
-    from mscl.cli import main as mscl
+    """Train every (seed, arm) run not finished yet, each in its own process (resuming interrupted ones).
 
+    A fresh process per run keeps the numba threads that the export's UMAP leaves behind from slowing
+    the next run's training.
+    """
     for seed in seeds:
         for arm in arms:
-            preset = ARMS[arm]
             run = out / f"{arm}-s{seed}"
             meta = run / "run.json"
             status = json.loads(meta.read_text())["status"] if meta.is_file() else None
@@ -33,9 +37,10 @@ def train_all(out: Path, seeds: list[int], config: str, overrides: list[str], ar
                 continue
             sets = [arg for item in overrides for arg in ("--set", item)]
             if (run / "checkpoints/last_state.json").is_file():
-                code = mscl(["train", "--resume", str(run), *sets])
+                command = ["train", "--resume", str(run), *sets]
             else:
-                code = mscl(["train", "--config", config, "--out", str(out), "--name", run.name, "--loss", preset, "--seed", str(seed), *sets])
+                command = ["train", "--config", config, "--out", str(out), "--name", run.name, "--loss", ARMS[arm], "--seed", str(seed), *sets]
+            code = subprocess.run([sys.executable, "-m", "mscl.cli", *command]).returncode
             if code != 0:
                 raise SystemExit(f"training {run} failed with exit code {code}")
 
