@@ -25,8 +25,8 @@ ARMS = {"ce": "ce", "ms": "ms", "mscs": "ms+cs"}
 def train_all(out: Path, seeds: list[int], config: str, overrides: list[str], arms: list[str]) -> None:
     """Train every (seed, arm) run not finished yet, each in its own process (resuming interrupted ones).
 
-    A fresh process per run keeps the numba threads that the export's UMAP leaves behind from slowing
-    the next run's training.
+    A fresh process per run keeps one run's state (memory, threads, a crash) away from the next; the
+    numba threads of the export's UMAP are already confined to the child process `mscl project`.
     """
     for seed in seeds:
         for arm in arms:
