@@ -281,3 +281,15 @@ def test_default_config_is_valid() -> None:
     assert config.loss.preset == "ms+cs" and config.loss.contrastive_weight == 0.1 and config.loss.temperature == 0.1
     assert config.loss.ms_weights == [1.0, 0.7, 0.4, 0.1] and config.loss.cs_pairs == [[0, -1], [0, -2]]
     assert (config.loss.min_views_per_class, config.loss.max_views_per_class, config.loss.max_features_total) == (5, 2500, 10000)
+
+
+def test_crash_marks_the_run_failed_with_the_error(synthetic_root, tmp_path, monkeypatch) -> None:
+    def broken_step(self, batch, generator):
+        raise RuntimeError("deliberate failure in step")
+
+    monkeypatch.setattr(Trainer, "train_step", broken_step)
+    with pytest.raises(RuntimeError, match="deliberate"):
+        Trainer(small_config(synthetic_root, tmp_path, "crashed")).fit()
+    meta = json.loads((tmp_path / "crashed/run.json").read_text())
+    assert meta["status"] == "failed"
+    assert meta["error"] == "RuntimeError: deliberate failure in step"
