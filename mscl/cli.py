@@ -1,4 +1,4 @@
-"""Command line: ``mscl train | eval | export | demo``.
+"""Command line: ``mscl train | eval | export | project | demo | convert-weights``.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
     mscl export runs/camvid-mscs
     mscl project runs/camvid-mscs
     mscl demo
+    mscl convert-weights efficientnet-lite0-57934424.pth lite0.safetensors --arch tf_efficientnet_lite0
 """
 
 from __future__ import annotations
@@ -155,6 +156,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_weights(args: argparse.Namespace) -> int:
+    from mscl.models.convert import convert_weights
+
+    path = convert_weights(args.source, args.destination, args.source_format, args.arch)
+    print(f"wrote {path} (timm {args.arch} naming); train with --pretrained {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mscl", description="Multi-scale and cross-scale contrastive learning for segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: the demo config's)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    from mscl.models.convert import SOURCE_FORMATS
+
+    convert = sub.add_parser("convert-weights", help="rename published ImageNet weights to timm naming (a safetensors file for --pretrained)")
+    convert.add_argument("source", help="weight file (torch file, read with weights_only=True, or .safetensors)")
+    convert.add_argument("destination", help="output .safetensors file")
+    convert.add_argument("--from", dest="source_format", default=SOURCE_FORMATS[0], choices=SOURCE_FORMATS, help="naming of the source file")
+    convert.add_argument("--arch", default="tf_efficientnet_lite0", help="timm architecture the weights belong to")
+    convert.set_defaults(func=cmd_convert_weights)
     return parser
 
 

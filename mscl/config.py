@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from mscl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 LOSS_PRESETS = ("ce", "ms", "ms+cs")
 
 
@@ -33,6 +35,8 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     hflip: bool = True
     color_jitter: float = 0.2
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     batch_size: int = 8
     val_batch_size: int = 4
     num_workers: int = 2
@@ -209,6 +213,12 @@ def validate(config: Config) -> None:
             f"data.scale_range={config.data.scale_range} makes images of different sizes; set data.crop_size "
             "(e.g. [176, 240]) so a batch can be stacked, or data.scale_range=[1.0, 1.0]"
         )
+    for key in ("mean", "std"):
+        values = getattr(config.data, key)
+        if len(values) != 3:
+            raise ConfigError(f"data.{key} needs one value per RGB channel (3), got {values}")
+    if min(config.data.std) <= 0:
+        raise ConfigError(f"data.std must be positive, got {config.data.std}")
     if config.optim.name not in ("sgd", "adamw"):
         raise ConfigError(f"optim.name must be 'sgd' or 'adamw', got '{config.optim.name}'")
     if config.train.steps < 1:

@@ -98,9 +98,13 @@ def build_split(config: Config, split: str, train: bool, root: str | None = None
             hflip=data.hflip,
             color_jitter=data.color_jitter,
             ignore_index=dataset.info.ignore_index,
+            mean=data.mean,
+            std=data.std,
         )
     else:
-        dataset.transform = build_transforms(train=False, resize=data.resize, ignore_index=dataset.info.ignore_index)
+        dataset.transform = build_transforms(
+            train=False, resize=data.resize, ignore_index=dataset.info.ignore_index, mean=data.mean, std=data.std
+        )
     return dataset
 
 

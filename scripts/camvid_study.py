@@ -68,8 +68,9 @@ def summarize(out: Path) -> str:
                      "minutes": run.meta["timing"]["train_seconds"] / 60})
         per_class = run.per_class()[["class_name", "iou"]].assign(arm=arm, seed=int(seed))
         classes.append(per_class)
-        table = separability.separability_table(run, kinds=("backbone",))
-        separations.append(table.assign(arm=arm, seed=int(seed)))
+        if run.has("embeddings/pixels.parquet"):  # variant runs in git keep no embedding sample
+            table = separability.separability_table(run, kinds=("backbone",))
+            separations.append(table.assign(arm=arm, seed=int(seed)))
     if not rows:
         raise SystemExit(f"no finished runs under {out}")
     runs = pd.DataFrame(rows)
@@ -77,7 +78,6 @@ def summarize(out: Path) -> str:
     table = runs.groupby("arm")["miou"].agg(["mean", "std", "count"]).reindex(order)
     per_seed = runs.pivot(index="arm", columns="seed", values="miou").reindex(order)
     per_class = pd.concat(classes).groupby(["class_name", "arm"])["iou"].mean().unstack("arm")[order] * 100
-    separation = pd.concat(separations).groupby(["stage", "arm"])[["silhouette", "knn_accuracy"]].mean().unstack("arm")
     lines = [
         "| arm | " + " | ".join(f"seed {s}" for s in per_seed.columns) + " | mean | std |",
         "|---|" + "---|" * (len(per_seed.columns) + 2),
@@ -87,7 +87,9 @@ def summarize(out: Path) -> str:
         lines.append(f"| {ARMS[arm]} | {cells} | {table.loc[arm, 'mean']:.2f} | {table.loc[arm, 'std']:.2f} |")
     text = "\n".join(lines)
     text += "\n\nPer-class IoU (mean over seeds, %):\n\n" + markdown_table(per_class)
-    text += "\n\nBackbone separability per stage (mean over seeds):\n\n" + markdown_table(separation)
+    if separations:
+        separation = pd.concat(separations).groupby(["stage", "arm"])[["silhouette", "knn_accuracy"]].mean().unstack("arm")
+        text += "\n\nBackbone separability per stage (mean over seeds with an embedding sample):\n\n" + markdown_table(separation)
     text += f"\n\nTraining minutes per run: {runs['minutes'].mean():.1f} (min {runs['minutes'].min():.1f}, max {runs['minutes'].max():.1f})\n"
     runs.to_csv(out / "study_runs.csv", index=False)
     return text

@@ -341,12 +341,12 @@ def test_default_map_hits_the_projection_cache_and_panels_share_pixels(tmp_path:
     assert len(hovered) == 2 * STAGES and len({frozenset(pixels) for pixels in hovered.values()}) == 1
 
 
-COMMITTED_RUNS = [folder for folder in (SAMPLE_RUNS, REPO_ROOT / "results" / "camvid")
+COMMITTED_RUNS = [folder for folder in (SAMPLE_RUNS, REPO_ROOT / "results" / "camvid", REPO_ROOT / "results" / "camvid-lite0")
                   if folder.is_dir() and any(folder.rglob("run.json"))]
 
 
 @pytest.mark.skipif(not COMMITTED_RUNS, reason="no committed runs (sample_data/runs, results/camvid) yet")
-@pytest.mark.parametrize("folder", COMMITTED_RUNS, ids=lambda folder: folder.parent.name)
+@pytest.mark.parametrize("folder", COMMITTED_RUNS, ids=lambda folder: folder.relative_to(REPO_ROOT).as_posix())
 @pytest.mark.parametrize("page", list(PAGE_SCRIPTS))
 def test_committed_runs_render_every_page(monkeypatch: pytest.MonkeyPatch, folder: Path, page: str) -> None:
     app = open_app(folder, monkeypatch, page=page)

@@ -224,6 +224,10 @@ def test_config_errors_name_the_key(tmp_path) -> None:
         load_config(overrides=["data.crop_size=null", "data.scale_range=[0.5, 2.0]"])
     with pytest.raises(ConfigError, match="presets"):
         resolve_config_path("no-such-config")
+    with pytest.raises(ConfigError, match="data.mean needs one value per RGB channel"):
+        load_config(overrides=["data.mean=[0.5, 0.5]"])
+    with pytest.raises(ConfigError, match="data.std must be positive"):
+        load_config(overrides=["data.std=[0.5, 0.0, 0.5]"])
     config = load_config(overrides=["loss.temperature=0.2", "data.crop_size=[64, 64]"])
     assert config.loss.temperature == 0.2 and config.data.crop_size == [64, 64]
 

@@ -105,7 +105,10 @@ class TimmEncoder(Encoder):
 
 @dataclass(frozen=True)
 class PretrainedLoadReport:
-    """Outcome of :func:`load_encoder_weights`: encoder keys filled, left as initialised, and file keys unused."""
+    """Outcome of :func:`load_encoder_weights`: encoder keys filled, left as initialised, and file keys unused.
+
+    BatchNorm ``num_batches_tracked`` counters are not reported missing: they do not affect the weights.
+    """
 
     path: str
     loaded: tuple[str, ...]
@@ -205,7 +208,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> PretrainedLoad
     report = PretrainedLoadReport(
         path=str(path),
         loaded=tuple(matched),
-        missing=tuple(key for key in target if key not in matched),
+        missing=tuple(key for key in target if key not in matched and not key.endswith("num_batches_tracked")),
         unexpected=tuple(key for key in source if canonical_key(key) not in used),
     )
     level = logging.WARNING if report.missing else logging.INFO
