@@ -16,7 +16,7 @@ from pathlib import Path
 
 import timm
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
-from torch import Tensor
+from torch import Tensor, nn
 
 from mscl.models.encoders import read_state_dict
 from mscl.run_writer import write_safetensors
@@ -37,9 +37,8 @@ _INVERTED_RESIDUAL = {
 }
 
 
-def _block_renames(arch: str) -> list[tuple[str, dict[str, str]]]:
-    """timm prefix (``blocks.<stage>.<index>``) and module renames of each block, in flat order."""
-    model = timm.create_model(arch, pretrained=False)
+def _block_renames(model: nn.Module, arch: str) -> list[tuple[str, dict[str, str]]]:
+    """timm prefix (``blocks.<stage>.<index>``) and module renames of each block of ``model``, in flat order."""
     if not hasattr(model, "blocks"):
         raise ValueError(f"timm model {arch!r} has no 'blocks'; efficientnet-pytorch weights need an EfficientNet architecture")
     blocks: list[tuple[str, dict[str, str]]] = []
@@ -62,7 +61,8 @@ def efficientnet_pytorch_to_timm(state_dict: Mapping[str, Tensor], arch: str = "
     from ``arch``'s, or when a tensor's shape does not fit the timm model (``num_batches_tracked`` buffers
     are dropped: timm's BatchNorm keeps its own).
     """
-    blocks = _block_renames(arch)
+    model = timm.create_model(arch, pretrained=False)
+    blocks = _block_renames(model, arch)
     converted: dict[str, Tensor] = {}
     unknown: list[str] = []
     for key, tensor in state_dict.items():
@@ -85,12 +85,12 @@ def efficientnet_pytorch_to_timm(state_dict: Mapping[str, Tensor], arch: str = "
             unknown.append(key)
     if unknown:
         raise ValueError(f"{len(unknown)} source key(s) are not in efficientnet-pytorch naming, e.g. {unknown[:3]}")
-    _check_fits(converted, arch)
+    _check_fits(converted, model, arch)
     return converted
 
 
-def _check_fits(converted: Mapping[str, Tensor], arch: str) -> None:
-    target = {k: v for k, v in timm.create_model(arch, pretrained=False).state_dict().items() if not k.endswith("num_batches_tracked")}
+def _check_fits(converted: Mapping[str, Tensor], model: nn.Module, arch: str) -> None:
+    target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     absent = sorted(set(converted) - set(target))
     uncovered = sorted(set(target) - set(converted))
     wrong_shape = [
