@@ -210,12 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
-    from mscl.models.convert import SOURCE_FORMATS
-
     convert = sub.add_parser("convert-weights", help="rename published ImageNet weights to timm naming (a safetensors file for --pretrained)")
     convert.add_argument("source", help="weight file (torch file, read with weights_only=True, or .safetensors)")
     convert.add_argument("destination", help="output .safetensors file")
-    convert.add_argument("--from", dest="source_format", default=SOURCE_FORMATS[0], choices=SOURCE_FORMATS, help="naming of the source file")
+    convert.add_argument("--from", dest="source_format", help="naming of the source file (default: efficientnet-pytorch, the one supported so far)")
     convert.add_argument("--arch", default="tf_efficientnet_lite0", help="timm architecture the weights belong to")
     convert.set_defaults(func=cmd_convert_weights)
     return parser

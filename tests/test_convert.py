@@ -58,6 +58,8 @@ def test_lite0_file_converts_key_for_key(source_state: dict[str, torch.Tensor]) 
 
 def test_cli_writes_weights_that_fill_the_deeplabv3_encoder(tmp_path: Path, source_state: dict[str, torch.Tensor]) -> None:
     destination = tmp_path / "lite0.safetensors"
+    assert cli_main(["convert-weights", str(LITE0_FILE), str(tmp_path / "other.safetensors"), "--from", "caffe"]) == 2
+    assert not (tmp_path / "other.safetensors").exists()
     assert cli_main(["convert-weights", str(LITE0_FILE), str(destination)]) == 0
     assert load_file(str(destination))["blocks.3.2.bn1.running_mean"].equal(source_state["_blocks.7._bn0.running_mean"])
     model = build_model("deeplabv3", 11, encoder="tf_efficientnet_lite0", output_stride=8)

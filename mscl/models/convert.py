@@ -106,8 +106,12 @@ def _check_fits(converted: Mapping[str, Tensor], model: nn.Module, arch: str) ->
         )
 
 
-def convert_weights(source: str | Path, destination: str | Path, source_format: str, arch: str) -> Path:
-    """Read ``source`` (torch file, ``weights_only=True``, or safetensors), convert it, write safetensors atomically."""
+def convert_weights(source: str | Path, destination: str | Path, source_format: str | None, arch: str) -> Path:
+    """Read ``source`` (torch file, ``weights_only=True``, or safetensors), convert it, write safetensors atomically.
+
+    ``source_format`` None means the first of :data:`SOURCE_FORMATS`.
+    """
+    source_format = source_format or SOURCE_FORMATS[0]
     if source_format not in SOURCE_FORMATS:
         raise ValueError(f"unknown source format {source_format!r}; supported: {', '.join(SOURCE_FORMATS)}")
     converted = efficientnet_pytorch_to_timm(read_state_dict(source), arch)
