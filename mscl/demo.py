@@ -16,17 +16,27 @@ from mscl.data import generate_synthetic_dataset
 from mscl.trainer import Trainer
 
 DEMO_RUNS = (("ce", "synthetic-ce"), ("ms+cs", "synthetic-mscs"))
+DEMO_TRAIN_IMAGES = 200
+DEMO_VAL_IMAGES = 50
+# 192x256 scenes give the coarsest (stride-32) stage a 6x8 grid, enough cells for the road and parking
+# bands to pass the sampler's ``min_views_per_class`` there.
+DEMO_IMAGE_SIZE = (192, 256)
+
+
+def generate_demo_scenes(
+    out: Path, seed: int = 0, n_train: int = DEMO_TRAIN_IMAGES, n_val: int = DEMO_VAL_IMAGES, size: tuple[int, int] = DEMO_IMAGE_SIZE
+) -> Path:
+    """Write the demo's synthetic scenes to ``out``; returns the dataset root. With the defaults the files are
+    byte for byte those whose checksums ship in ``sample_data/synthetic.sha256``."""
+    return generate_synthetic_dataset(out, n_train=n_train, n_val=n_val, size=size, seed=seed, overwrite=True)
 
 
 def make_demo(
-    out: Path, steps: int | None = None, seed: int = 0, n_train: int = 200, n_val: int = 50, size: tuple[int, int] = (192, 256)
+    out: Path, steps: int | None = None, seed: int = 0, n_train: int = DEMO_TRAIN_IMAGES, n_val: int = DEMO_VAL_IMAGES,
+    size: tuple[int, int] = DEMO_IMAGE_SIZE,
 ) -> list[Path]:
-    """Generate ``out/synthetic`` and train the two demo runs into ``out/runs``; returns the run dirs.
-
-    Scenes of 192x256 give the coarsest (stride-32) stage a 6x8 grid, enough cells for the road and
-    parking bands to pass the sampler's ``min_views_per_class`` there.
-    """
-    data_root = generate_synthetic_dataset(out / "synthetic", n_train=n_train, n_val=n_val, size=size, seed=seed, overwrite=True)
+    """Generate ``out/synthetic`` and train the two demo runs into ``out/runs``; returns the run dirs."""
+    data_root = generate_demo_scenes(out / "synthetic", seed=seed, n_train=n_train, n_val=n_val, size=size)
     run_dirs = []
     for preset, name in DEMO_RUNS:
         overrides = [f"name={name}", f"output_dir={out / 'runs'}", f"data.root={data_root}", f"loss.preset={preset}", f"seed={seed}"]
