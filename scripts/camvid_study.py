@@ -7,6 +7,14 @@ schedule and augmentation; then the mIoU table, per-class IoU and per-stage sepa
         --set loss.contrastive_weight=0.03                                         # a variant
 
 Extra config overrides for every run: ``--set key=value`` (e.g. a variant of the loss weight).
+
+``--eval-splits val test`` also evaluates every finished run on those splits (``mscl eval RUN --split S
+--checkpoint last --save`` into ``RUN/eval-<split>-last/``, skipping tables that exist and splits the dataset
+copy does not have) and prints the paired effect of each contrastive arm over ce per split
+(``workbench.study``; docs/results/camvid.md). The 3 x 3 study at full resolution on one GPU:
+
+    python scripts/camvid_study.py --config camvid-full-lite0 --out runs/camvid-full-lite0 --seeds 0 1 2 \
+        --eval-splits val test
 """
 
 from __future__ import annotations
@@ -15,9 +23,13 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import yaml
+
+from runformat.layout import latest_checkpoint_set
 
 ARMS = {"ce": "ce", "ms": "ms", "mscs": "ms+cs"}
 
@@ -36,13 +48,70 @@ def train_all(out: Path, seeds: list[int], config: str, overrides: list[str], ar
             if status == "finished":
                 continue
             sets = [arg for item in overrides for arg in ("--set", item)]
-            if (run / "checkpoints/last_state.json").is_file():
+            if latest_checkpoint_set(run) is not None:
                 command = ["train", "--resume", str(run), *sets]
             else:
                 command = ["train", "--config", config, "--out", str(out), "--name", run.name, "--loss", ARMS[arm], "--seed", str(seed), *sets]
             code = subprocess.run([sys.executable, "-m", "mscl.cli", *command]).returncode
             if code != 0:
                 raise SystemExit(f"training {run} failed with exit code {code}")
+
+
+def split_available(run: Path, split: str) -> bool:
+    """Whether the run's dataset copy has ``split``: CamVid keeps one ``<split>.txt`` list per split (the copy in
+    ``../shared/datasets/camvid`` has train and val only); other datasets are left to ``mscl eval`` to check."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    data = config.get("data", {})
+    return data.get("name") != "camvid" or (Path(data.get("root", "")) / f"{split}.txt").is_file()
+
+
+def evaluate_splits(out: Path, splits: list[str], checkpoint: str = "last",
+                    run_command: Callable[[list[str]], int] | None = None) -> list[Path]:
+    """Evaluate every finished run under ``out`` on each split with ``mscl eval --save`` (docs/run-format.md
+    ``eval-<split>-<checkpoint>/``); returns the folders written. Evaluations the run has are kept (``eval/``
+    already holds the final validation, split val at checkpoint last); a split the dataset lacks is skipped with
+    a note; a run without its checkpoint or a failing evaluation stops the script with a one-line message."""
+    from workbench import load_run
+
+    run_command = run_command or (lambda command: subprocess.run(command).returncode)
+    written = []
+    for meta in sorted(out.glob("*/run.json")):
+        run = meta.parent
+        if json.loads(meta.read_text())["status"] != "finished":
+            continue
+        done = load_run(run).evaluations()
+        for split in splits:
+            target = run / f"eval-{split}-{checkpoint}"
+            if ((done["split"] == split) & (done["checkpoint"] == checkpoint)).any():
+                continue
+            if not split_available(run, split):
+                print(f"skipping {run} on split {split}: its dataset has no {split}.txt list")
+                continue
+            if not (run / "checkpoints" / f"{checkpoint}.safetensors").is_file():
+                raise SystemExit(f"cannot evaluate {run} on {split}: checkpoints/{checkpoint}.safetensors is missing "
+                                 "(results keep no checkpoints); train the runs again with this script first")
+            code = run_command([sys.executable, "-m", "mscl.cli", "eval", str(run), "--split", split,
+                                "--checkpoint", checkpoint, "--save"])
+            if code != 0:
+                raise SystemExit(f"`mscl eval {run} --split {split} --checkpoint {checkpoint} --save` failed with exit "
+                                 f"code {code} (its message is above)")
+            written.append(target)
+    return written
+
+
+def effect_lines(out: Path, splits: list[str]) -> list[str]:
+    """The paired effect (``workbench.study.effect_sentence``) of ms and ms+cs over ce on each split that has
+    evaluations of both arms."""
+    from workbench import study
+
+    lines = []
+    for split in splits:
+        for arm in ("ms", "ms+cs"):
+            try:
+                lines.append(study.effect_sentence(study.compare_arms(out, "ce", arm, split=split)))
+            except study.StudyError as error:
+                lines.append(f"{arm} vs ce on {split}: {error}")
+    return lines
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -134,11 +203,16 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--summarize-only", action="store_true")
     parser.add_argument("--figures", help="also export the IoU-difference and feature-space figures into this folder")
+    parser.add_argument("--eval-splits", nargs="+", default=[], metavar="SPLIT",
+                        help="also evaluate the finished runs on these splits (mscl eval --save), e.g. val test")
     args = parser.parse_args()
     out = Path(args.out)
     if not args.summarize_only:
         train_all(out, args.seeds, args.config, args.set, args.arms)
+    for folder in evaluate_splits(out, args.eval_splits):
+        print("evaluated:", folder)
     print(summarize(out))
+    print("\n".join(effect_lines(out, args.eval_splits or ["val"])))
     if args.figures:
         for path in export_figures(out, Path(args.figures)):
             print("figure:", path)
