@@ -1,4 +1,5 @@
-"""DDP helpers: rank / world size and gathering of variable-size samples across ranks.
+"""DDP helpers: rank / world size, gathering of variable-size samples across ranks, and
+:class:`GatheredSampler`, the wrapper that lets any contrastive loss span the global batch.
 
 Gradient of :func:`gather_with_grad` under DDP: every rank gathers the samples of all ranks and
 computes the same global loss ``L``. The autograd-aware ``all_gather`` sends, in backward, the
@@ -11,11 +12,14 @@ averages parameter gradients over ranks (divides by ``W``), so each parameter en
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import Tensor
+
+from mscl.sampler import PixelSampler, StageSamples
 
 
 def is_distributed() -> bool:
@@ -73,3 +77,30 @@ def gather_labels(y: Tensor) -> Tensor:
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
     return torch.cat([part[:size] for part, size in zip(gathered, sizes)], 0)
+
+
+class GatheredSampler:
+    """Wraps any :class:`mscl.sampler.PixelSampler` so that the loss sees the samples of every rank.
+
+    Each rank draws from its own images with the wrapped sampler, then every stage's embeddings
+    (:func:`gather_with_grad`) and labels (:func:`gather_labels`) are concatenated in rank order, so
+    every rank computes the contrastive loss of the global batch (docs/method.md §1: diversity comes
+    from the batch). Wrapping the sampler rather than the loss gathers each stage once per step, however
+    many terms read it. The records stay those of this rank. Identity when not distributed.
+    """
+
+    def __init__(self, sampler: PixelSampler) -> None:
+        self.sampler = sampler
+
+    def sample_stages(
+        self, stage_embeddings: Sequence[Tensor], labels: Tensor, generator: torch.Generator | None = None
+    ) -> StageSamples:
+        """Draw locally, then gather every stage across ranks."""
+        local = self.sampler.sample_stages(stage_embeddings, labels, generator)
+        if not is_distributed():
+            return local
+        embeddings, gathered_labels = [], []
+        for z, y in zip(local.embeddings, local.labels):
+            embeddings.append(gather_with_grad(z))
+            gathered_labels.append(gather_labels(y))
+        return StageSamples(embeddings=embeddings, labels=gathered_labels, records=local.records)

@@ -16,9 +16,26 @@ import torch.multiprocessing as mp
 
 from mscl.data import generate_synthetic_dataset
 from mscl.distributed import gather_with_grad
-from mscl.losses import supervised_infonce
+from mscl.losses import MSCSLoss, supervised_infonce
+from mscl.sampler import StageSamples
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _stage_inputs(rank: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Rank ``rank``'s own images: 4 stages of float64 embeddings and a label map (2 images on rank 0, 1 on rank 1)."""
+    generator = torch.Generator().manual_seed(100 + rank)
+    batch = 2 - rank
+    labels = torch.randint(0, 3, (batch, 4, 4), generator=generator).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    embeddings = [
+        torch.randn(batch, 5, 32 // s, 32 // s, generator=generator, dtype=torch.float64, requires_grad=True)
+        for s in (2, 4, 8, 16)
+    ]
+    return embeddings, labels
+
+
+def _contrastive(gather: bool) -> MSCSLoss:
+    return MSCSLoss(num_classes=3, ignore_index=255, min_views_per_class=1, max_features_total=40, gather_distributed=gather)
 
 
 def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -32,16 +49,38 @@ def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     gathered = gather_with_grad(local)
     loss = supervised_infonce(gathered, y_all)
     loss.backward()
-    torch.save({"loss": loss.detach(), "grad": local.grad, "gathered": gathered.detach()}, f"{out_dir}/rank{rank}.pt")
+    # GatheredSampler inside MSCSLoss: every rank's samples, per stage, in rank order.
+    embeddings, labels = _stage_inputs(rank)
+    contrast = _contrastive(gather=True)
+    output = contrast(embeddings, labels, torch.Generator().manual_seed(rank))
+    output.total.backward()
+    samples = contrast.sampler.sample_stages(embeddings, labels, torch.Generator().manual_seed(rank))
+    torch.save(
+        {
+            "loss": loss.detach(), "grad": local.grad, "gathered": gathered.detach(),
+            "mscs_parts": {name: value.detach() for name, value in output.parts.items()},
+            "mscs_grads": [e.grad for e in embeddings], "mscs_records": {s: vars(r) for s, r in output.records.items()},
+            "samples": [z.detach() for z in samples.embeddings], "sample_labels": samples.labels,
+        },
+        f"{out_dir}/rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 
-def test_gather_with_grad_spans_global_batch(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Results of :func:`_gather_worker` on two gloo ranks (spawned once for the tests below)."""
+    out = tmp_path_factory.mktemp("gather")
+    world = 2
+    mp.spawn(_gather_worker, args=(world, str(out / "init"), str(out)), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+def test_gather_with_grad_spans_global_batch(two_ranks: list[dict]) -> None:
     """Each rank computes the global loss; the gradient reaching a rank's rows is W x the global gradient,
     so DDP's averaging over W ranks recovers exactly the single-process gradient."""
     world = 2
-    mp.spawn(_gather_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    results = two_ranks
     generator = torch.Generator().manual_seed(0)
     z_all = torch.randn(13, 6, generator=generator, dtype=torch.float64).requires_grad_(True)
     y_all = torch.randint(0, 3, (13,), generator=generator)
@@ -52,6 +91,35 @@ def test_gather_with_grad_spans_global_batch(tmp_path: Path) -> None:
         torch.testing.assert_close(result["loss"], reference.detach())
     grads = torch.cat([results[0]["grad"], results[1]["grad"]])
     torch.testing.assert_close(grads / world, z_all.grad)
+
+
+def test_gathered_sampler_gives_the_global_batch_loss(two_ranks: list[dict]) -> None:
+    """MSCSLoss wraps its sampler in GatheredSampler: both ranks see the rank-ordered concatenation of the
+    local samples, compute the same parts as one process holding both draws, and each rank's embeddings
+    receive W x that process's gradient (which DDP's averaging turns into the exact gradient)."""
+    world = 2
+    inputs = [_stage_inputs(rank) for rank in range(world)]
+    local = [_contrastive(gather=False).sampler.sample_stages(e, y, torch.Generator().manual_seed(r))
+             for r, (e, y) in enumerate(inputs)]
+    for result in two_ranks:
+        for s in range(4):
+            torch.testing.assert_close(result["samples"][s], torch.cat([draw.embeddings[s] for draw in local]).detach())
+            assert torch.equal(result["sample_labels"][s], torch.cat([draw.labels[s] for draw in local]))
+    global_samples = StageSamples(
+        embeddings=[torch.cat([draw.embeddings[s] for draw in local]) for s in range(4)],
+        labels=[torch.cat([draw.labels[s] for draw in local]) for s in range(4)],
+        records={},
+    )
+    single = _contrastive(gather=False)
+    parts = [part for term in single.terms for part in term.weighted_parts(global_samples)]
+    sum(part.weight * part.value for part in parts).backward()
+    for rank, result in enumerate(two_ranks):
+        assert list(result["mscs_parts"]) == ["ms/0", "ms/1", "ms/2", "ms/3", "cs/0-3", "cs/0-2"]
+        for part in parts:
+            torch.testing.assert_close(result["mscs_parts"][part.name], part.value.detach(), rtol=1e-12, atol=1e-12)
+        assert result["mscs_records"] == {s: vars(r) for s, r in local[rank].records.items()}  # records stay local
+        for grad, embedding in zip(result["mscs_grads"], inputs[rank][0], strict=True):
+            torch.testing.assert_close(grad / world, embedding.grad, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.timeout(600)

@@ -1,4 +1,5 @@
-"""Supervised InfoNCE (reference and blocked) and MSCSLoss against a loop-based method.md §2-3."""
+"""Supervised InfoNCE (reference and blocked), unit rows, the ms/cs terms and MSCSLoss against a loop-based
+docs/method.md §2-3 and against numbers of the previous single-class MSCSLoss."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mscl.distributed import gather_labels, gather_with_grad, is_distributed, rank, world_size
-from mscl.losses import LossOutput, MSCSLoss, supervised_infonce, supervised_infonce_reference
-from mscl.sampler import ClassBalancedSampler, downsample_labels, map_positions
+from mscl.distributed import GatheredSampler, gather_labels, gather_with_grad, is_distributed, rank, world_size
+from mscl.losses import (
+    ContrastiveSum,
+    CrossScaleTerm,
+    LossOutput,
+    MSCSLoss,
+    MultiScaleTerm,
+    SupervisedInfoNCE,
+    supervised_infonce,
+    supervised_infonce_reference,
+    unit_rows,
+)
+from mscl.sampler import ClassBalancedSampler, SharedPositionSampler, StageSamples, downsample_labels, map_positions
 
 IMPLEMENTATIONS = [supervised_infonce_reference, supervised_infonce]
 
@@ -351,3 +362,268 @@ def test_gather_is_identity_when_not_distributed():
     y = torch.arange(5)
     assert gather_labels(y) is y
 
+
+
+# ---------------------------------------------------------------- bounded numerics
+
+
+def as_float32(inputs):
+    z, y, z2, y2 = inputs
+    return z.detach().float().requires_grad_(), y, None if z2 is None else z2.detach().float().requires_grad_(), y2
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-4])
+@pytest.mark.parametrize("make_inputs", [self_inputs, cross_inputs], ids=["self", "cross"])
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS, ids=["reference", "blocked"])
+def test_tiny_temperature_is_finite_and_matches_float64_loop(fn, make_inputs, temperature):
+    inputs = make_inputs(seed=4)
+    expected = loss_and_grads(loop_infonce, inputs, temperature=temperature)
+    assert expected[0].item() > 100.0  # the loss scales with 1/tau: a real test of the exponent range
+    for case in (inputs, as_float32(inputs)):
+        loss, grads = loss_and_grads(fn, case, temperature=temperature)
+        assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+        assert relative_error(loss.detach().double(), expected[0].detach()) < 1e-5
+        for grad, reference in zip(grads, expected[1], strict=True):
+            assert relative_error(grad.double(), reference) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS, ids=["reference", "blocked"])
+def test_zero_and_tiny_rows_get_zero_gradient_others_match_loop(fn, dtype):
+    z, y, _, _ = self_inputs(seed=6)
+    z = z.detach().to(dtype)
+    z[0] = 0.0  # a dead projector output
+    z[5] = 1e-9  # shorter than ZERO_ROW_NORM: no reliable direction, treated as zero
+    z.requires_grad_()
+    loss, (grad,) = loss_and_grads(fn, (z, y, None, None))
+    reference = z.detach().double().clone()
+    reference[5] = 0.0
+    expected_loss, (expected_grad,) = loss_and_grads(loop_infonce, (reference.requires_grad_(), y, None, None))
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert relative_error(loss.detach().double(), expected_loss.detach()) < 1e-5
+    assert grad[0].abs().max() == 0 and grad[5].abs().max() == 0
+    others = [i for i in range(len(y)) if i not in (0, 5)]
+    assert relative_error(grad[others].double(), expected_grad[others]) < 1e-5
+    assert grad.abs().max() < 10.0  # the old F.normalize path gave ~1e11 on row 0
+
+
+def test_unit_rows_values_and_gradient_formula():
+    generator = torch.Generator().manual_seed(15)
+    z = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+    z[1] = 0.0
+    z[2] = z[2] / z[2].norm() * 2e-6  # just above eps
+    z.requires_grad_()
+    u = unit_rows(z)
+    assert torch.equal(u[[0, 2, 3, 4, 5]], F.normalize(z.detach(), dim=1)[[0, 2, 3, 4, 5]])
+    assert torch.equal(u[1], torch.zeros(4, dtype=torch.float64))
+    g = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(u, z, g)
+    norm = z.detach().norm(dim=1, keepdim=True)
+    unit = z.detach() / norm
+    expected = (g - unit * (unit * g).sum(1, keepdim=True)) / norm  # (I - u u^T) g / ||z||
+    expected[1] = 0.0
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0)
+    assert (grad.norm(dim=1) <= g.norm(dim=1) / 1e-6).all()
+    with pytest.raises(ValueError, match="unit_rows: eps must be > 0"):
+        unit_rows(z, eps=0.0)
+
+
+# ---------------------------------------------------------------- parts: loss, terms, composition
+
+
+class StubSampler:
+    """Returns fixed samples and counts its draws."""
+
+    def __init__(self, samples: StageSamples) -> None:
+        self.samples = samples
+        self.draws = 0
+
+    def sample_stages(self, stage_embeddings, labels, generator=None) -> StageSamples:
+        self.draws += 1
+        return self.samples
+
+
+class StubLoss:
+    """Records its calls; value = sum(z) + 100 * len(z2) (cross form) so that parts are recognisable."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def __call__(self, z, y, z2=None, y2=None):
+        self.calls.append((z, y, z2, y2))
+        return z.sum() + (0.0 if z2 is None else 100.0 * len(z2) + z2.sum())
+
+
+def stub_samples(num_stages: int = 4) -> tuple[StageSamples, list[torch.Tensor]]:
+    leaves = [torch.full((s + 2, 3), float(s + 1), requires_grad=True) for s in range(num_stages)]
+    samples = StageSamples(
+        embeddings=[leaf * 1.0 for leaf in leaves],
+        labels=[torch.arange(s + 2) for s in range(num_stages)],
+        records={0: None},
+    )
+    return samples, leaves
+
+
+def four_stage_inputs():
+    return [torch.zeros(1, 3, 8 >> s, 8 >> s) for s in range(4)], torch.zeros(1, 8, 8, dtype=torch.long)
+
+
+def test_supervised_infonce_module_injects_implementation():
+    seen = []
+
+    def fake(z, y, z2=None, y2=None, temperature=0.1):
+        seen.append((z2 is None, temperature))
+        return torch.tensor(1.5)
+
+    z, y, z2, y2 = cross_inputs(seed=16)
+    assert SupervisedInfoNCE(0.3, fake)(z, y, z2, y2).item() == 1.5 and seen == [(False, 0.3)]
+    assert SupervisedInfoNCE(0.2, "reference")(z, y) == supervised_infonce_reference(z, y, temperature=0.2)
+    assert SupervisedInfoNCE(0.2)(z, y, z2, y2) == supervised_infonce(z, y, z2, y2, temperature=0.2)
+    with pytest.raises(ValueError, match=r"SupervisedInfoNCE: implementation must be one of \['blocked', 'reference'\]"):
+        SupervisedInfoNCE(implementation="fast")
+    with pytest.raises(ValueError, match=r"SupervisedInfoNCE: temperature must be > 0 \(paper: 0.1\), got 0"):
+        SupervisedInfoNCE(temperature=0)
+
+
+def test_multi_scale_term_weights_self_form_per_stage():
+    samples, leaves = stub_samples()
+    loss, sampler = StubLoss(), StubSampler(samples)
+    term = MultiScaleTerm(loss, sampler, weights=(1.0, 0.5, 0.25, 2.0))
+    output = term(*four_stage_inputs())
+    assert sampler.draws == 1 and output.records == {0: None}
+    assert list(output.parts) == ["ms/0", "ms/1", "ms/2", "ms/3"]
+    values = [3.0 * (s + 2) * (s + 1) for s in range(4)]  # sum of a (s+2)x3 block of (s+1)
+    assert [v.item() for v in output.parts.values()] == values
+    assert output.total.item() == pytest.approx(1.0 * values[0] + 0.5 * values[1] + 0.25 * values[2] + 2.0 * values[3])
+    assert all(call[2] is None and call[3] is None for call in loss.calls)  # self form only
+    output.total.backward()
+    assert [leaf.grad[0, 0].item() for leaf in leaves] == [1.0, 0.5, 0.25, 2.0]
+    with pytest.raises(ValueError, match=r"MultiScaleTerm: got 4 stage embeddings but weights has 2 entries"):
+        MultiScaleTerm(StubLoss(), StubSampler(samples), weights=(1.0, 1.0))(*four_stage_inputs())
+    with pytest.raises(ValueError, match="MultiScaleTerm: weights is empty"):
+        MultiScaleTerm(StubLoss(), StubSampler(samples), weights=())
+
+
+def test_cross_scale_term_pairs_names_and_detached_stage():
+    samples, leaves = stub_samples()
+    loss = StubLoss()
+    term = CrossScaleTerm(loss, StubSampler(samples), pairs=((0, -1), (1, 2)), weights=(1.0, 3.0), detach_stages=(-1,))
+    output = term(*four_stage_inputs())
+    assert list(output.parts) == ["cs/0-3", "cs/1-2"]
+    anchors, anchor_labels, candidates, candidate_labels = loss.calls[0]
+    assert anchors.shape == (2, 3) and candidates.shape == (5, 3) and torch.equal(candidate_labels, torch.arange(5))
+    assert output.parts["cs/0-3"].item() == 6.0 + 500.0 + 60.0
+    output.total.backward()
+    assert leaves[3].grad is None  # the deepest stage is detached
+    assert leaves[0].grad[0, 0].item() == 1.0 and leaves[1].grad[0, 0].item() == 3.0 and leaves[2].grad[0, 0].item() == 3.0
+    with pytest.raises(ValueError, match=r"CrossScaleTerm: pair \(0, 4\) is out of range for 4 stages"):
+        CrossScaleTerm(StubLoss(), StubSampler(samples), pairs=((0, 4),), weights=(1.0,))(*four_stage_inputs())
+    with pytest.raises(ValueError, match="CrossScaleTerm: detach_stages entry -5 is out of range for 4 stages"):
+        CrossScaleTerm(StubLoss(), StubSampler(samples), detach_stages=(-5,))(*four_stage_inputs())
+    with pytest.raises(ValueError, match="CrossScaleTerm: weights has 1 entries but pairs has 2"):
+        CrossScaleTerm(StubLoss(), StubSampler(samples), weights=(1.0,))
+
+
+def test_contrastive_sum_draws_once_for_all_terms():
+    samples, _ = stub_samples()
+    sampler = StubSampler(samples)
+    loss = StubLoss()
+    combined = ContrastiveSum(sampler, [MultiScaleTerm(loss, sampler), CrossScaleTerm(loss, sampler)])
+    output = combined(*four_stage_inputs())
+    assert sampler.draws == 1
+    assert list(output.parts) == ["ms/0", "ms/1", "ms/2", "ms/3", "cs/0-3", "cs/0-2"]
+    weights = [1.0, 0.7, 0.4, 0.1, 1.0, 1.0]
+    assert output.total.item() == pytest.approx(sum(w * v.item() for w, v in zip(weights, output.parts.values())))
+    with pytest.raises(ValueError, match="ContrastiveSum: term 1 \\(CrossScaleTerm\\) has its own sampler"):
+        ContrastiveSum(sampler, [MultiScaleTerm(loss, sampler), CrossScaleTerm(loss, StubSampler(samples))])
+    with pytest.raises(ValueError, match="ContrastiveSum: two terms produce the part 'ms/0'"):
+        ContrastiveSum(sampler, [MultiScaleTerm(loss, sampler), MultiScaleTerm(loss, sampler)])(*four_stage_inputs())
+
+
+def test_mscs_loss_is_the_paper_composition():
+    shared = MSCSLoss(num_classes=3, ignore_index=255, same_positions=True, cs_detach_deepest=True, implementation="reference")
+    assert isinstance(shared.sampler, GatheredSampler) and type(shared.sampler.sampler) is SharedPositionSampler
+    ms, cs = shared.terms
+    assert isinstance(ms, MultiScaleTerm) and isinstance(cs, CrossScaleTerm) and cs.detach_stages == (-1,)
+    assert ms.loss is cs.loss and ms.loss.implementation is supervised_infonce_reference
+    plain = MSCSLoss(num_classes=3, ignore_index=255, use_cs=False, gather_distributed=False)
+    assert type(plain.sampler) is ClassBalancedSampler and [type(t) for t in plain.terms] == [MultiScaleTerm]
+
+
+# Values of the previous MSCSLoss (a single class with the sampler, the implementation choice and the DDP
+# gather inline) on `golden_scene`, float64, generator seed 9: parts, total and the squared norm of the
+# gradient of each stage's embeddings. The composed loss gives the same numbers bit for bit.
+PREVIOUS_MSCS = {
+    "default": (
+        {},
+        {
+            "ms/0": 7.508262054369, "ms/1": 5.7461187116, "ms/2": 4.59540262728,
+            "ms/3": 4.79959161558, "cs/0-3": 4.427317340819, "cs/0-2": 5.429024902176,
+        },
+        23.705007607955,
+        [0.873027931586, 1.176256679212, 0.731234280789, 0.975208042752],
+    ),
+    "same_positions": (
+        {"same_positions": True},
+        {
+            "ms/0": 7.508262054369, "ms/1": 6.737842543358, "ms/2": 6.419355893909,
+            "ms/3": 10.569502610985, "cs/0-3": 6.809296182038, "cs/0-2": 7.000240661623,
+        },
+        29.658981297043,
+        [0.575172739809, 0.259142600784, 0.364287220742, 0.301552988734],
+    ),
+    "cs_detach_deepest": (
+        {"cs_detach_deepest": True},
+        {
+            "ms/0": 7.508262054369, "ms/1": 5.7461187116, "ms/2": 4.59540262728,
+            "ms/3": 4.79959161558, "cs/0-3": 4.427317340819, "cs/0-2": 5.429024902176,
+        },
+        23.705007607955,
+        [0.873027931586, 1.176256679212, 0.731234280789, 0.408960706859],
+    ),
+    "reference": (
+        {"implementation": "reference", "use_ms": False},
+        {
+            "cs/0-3": 4.427317340819, "cs/0-2": 5.429024902176,
+        },
+        9.856342242995,
+        [0.643379520337, 0.0, 0.217631505286, 0.46790833562],
+    ),
+    "tau": (
+        {"temperature": 0.01, "use_cs": False},
+        {
+            "ms/0": 66.745066010324, "ms/1": 51.42739723969, "ms/2": 41.020159820109,
+            "ms/3": 47.595507711766,
+        },
+        123.911858777327,
+        [46.614072392925, 198.891478417929, 54.325838509774, 41.914698993516],
+    ),
+}
+
+
+def golden_scene() -> tuple[list[torch.Tensor], torch.Tensor]:
+    generator = torch.Generator().manual_seed(21)
+    cells = torch.randint(0, 3, (2, 4, 4), generator=generator)
+    labels = cells.repeat_interleave(16, 1).repeat_interleave(16, 2)
+    labels[1, :6] = 255
+    embeddings = [
+        torch.randn(2, 8, 64 // s, 64 // s, generator=generator, dtype=torch.float64, requires_grad=True)
+        for s in (4, 8, 16, 32)
+    ]
+    return embeddings, labels
+
+
+@pytest.mark.parametrize("case", sorted(PREVIOUS_MSCS))
+def test_mscs_loss_reproduces_previous_numbers(case):
+    settings, parts, total, grad_squares = PREVIOUS_MSCS[case]
+    embeddings, labels = golden_scene()
+    loss_fn = MSCSLoss(num_classes=3, ignore_index=255, min_views_per_class=1, max_features_total=60, **settings)
+    output = loss_fn(embeddings, labels, torch.Generator().manual_seed(9))
+    assert list(output.parts) == list(parts)
+    for name, value in parts.items():
+        assert output.parts[name].item() == pytest.approx(value, rel=1e-6, abs=1e-11), name
+    assert output.total.item() == pytest.approx(total, rel=1e-6)
+    output.total.backward()
+    for embedding, expected in zip(embeddings, grad_squares, strict=True):
+        actual = 0.0 if embedding.grad is None else embedding.grad.square().sum().item()
+        assert actual == pytest.approx(expected, rel=1e-6, abs=1e-11)

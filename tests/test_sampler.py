@@ -1,14 +1,27 @@
-"""Class-balanced sampler rules (method.md §1)."""
+"""Pixel samplers (docs/method.md §1): the class-balanced rules, the sampler protocol, shared positions and
+the image-to-stage cell rule."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mscl.sampler import ClassBalancedSampler, PixelSample, downsample_labels, map_positions
+from mscl.distributed import GatheredSampler
+from mscl.sampler import (
+    ClassBalancedSampler,
+    PixelSample,
+    PixelSampler,
+    SharedPositionSampler,
+    StageSamples,
+    check_stage_inputs,
+    downsample_labels,
+    map_positions,
+)
+from runformat.geometry import cell_index, cell_of
 
 IGNORE = 255
 
@@ -153,3 +166,73 @@ def test_invalid_labels_and_settings_raise():
         ClassBalancedSampler(3, IGNORE, min_views_per_class=0)
     with pytest.raises(ValueError, match="features must have shape"):
         ClassBalancedSampler(3, IGNORE)(torch.zeros(1, 4, 4), labels)
+
+
+def stage_maps(batch: int = 2, size: int = 16, dim: int = 3, seed: int = 9) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, dim, size >> s, size >> s, generator=generator) for s in range(3)]
+
+
+def test_samplers_follow_the_protocol():
+    for sampler in (ClassBalancedSampler(3, IGNORE), SharedPositionSampler(3, IGNORE)):
+        assert isinstance(sampler, PixelSampler) and isinstance(GatheredSampler(sampler), PixelSampler)
+    assert not isinstance(object(), PixelSampler)
+
+
+def test_class_balanced_sample_stages_draws_each_stage_in_turn():
+    labels = random_labels(2, 16, 3, seed=10)
+    maps = stage_maps()
+    sampler = ClassBalancedSampler(3, IGNORE, min_views_per_class=1, max_views_per_class=4)
+    samples = sampler.sample_stages(maps, labels, torch.Generator().manual_seed(3))
+    assert isinstance(samples, StageSamples) and sorted(samples.records) == [0, 1, 2]
+    generator = torch.Generator().manual_seed(3)
+    for s, features in enumerate(maps):
+        expected = sampler(features, labels, generator)  # the same generator, consumed stage after stage
+        assert torch.equal(samples.embeddings[s], expected.embeddings) and torch.equal(samples.labels[s], expected.labels)
+        assert samples.records[s] == expected.record
+
+
+def test_shared_position_sampler_reads_stage_zero_pixels_at_every_stage():
+    labels = random_labels(2, 16, 3, seed=11)
+    maps = stage_maps()
+    sampler = SharedPositionSampler(3, IGNORE, min_views_per_class=1, max_views_per_class=4)
+    samples = sampler.sample_stages(maps, labels, torch.Generator().manual_seed(4))
+    assert list(samples.records) == [0]
+    positions, stage0_labels, record = ClassBalancedSampler(3, IGNORE, min_views_per_class=1, max_views_per_class=4) \
+        .sample_positions(downsample_labels(labels, (16, 16)), torch.Generator().manual_seed(4))
+    assert samples.records[0] == record and len(stage0_labels) == record.views * record.groups > 0
+    for s, features in enumerate(maps):
+        n, y, x = positions[:, 0], positions[:, 1] * features.shape[-2] // 16, positions[:, 2] * features.shape[-1] // 16
+        assert torch.equal(samples.embeddings[s], features.permute(0, 2, 3, 1)[n, y, x])
+        assert torch.equal(samples.labels[s], stage0_labels)  # stage-0 labels everywhere
+
+
+def test_stage_inputs_are_checked_with_the_owner_named():
+    maps = stage_maps()
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"ClassBalancedSampler: stage 1 embeddings must be \[N,d,h,w\] with N,d = \(2, 3\)"):
+        ClassBalancedSampler(3, IGNORE).sample_stages([maps[0], maps[1][:1]], labels)
+    with pytest.raises(ValueError, match=r"SharedPositionSampler: labels must be \[N,H,W\] with N=2, got \(16, 16\)"):
+        SharedPositionSampler(3, IGNORE).sample_stages(maps, labels[0])
+    with pytest.raises(ValueError, match="Owner: stage_embeddings is empty"):
+        check_stage_inputs([], labels, "Owner")
+
+
+def test_gathered_sampler_is_identity_when_not_distributed():
+    labels = random_labels(2, 16, 3, seed=12)
+    inner = ClassBalancedSampler(3, IGNORE, min_views_per_class=1)
+    direct = inner.sample_stages(stage_maps(), labels, torch.Generator().manual_seed(5))
+    wrapped = GatheredSampler(inner).sample_stages(stage_maps(), labels, torch.Generator().manual_seed(5))
+    assert all(torch.equal(a, b) for a, b in zip(direct.embeddings, wrapped.embeddings, strict=True))
+    assert direct.records == wrapped.records
+
+
+def test_cell_rule_is_one_formula_for_ints_numpy_and_torch():
+    assert [cell_index(i, 12, 5) for i in range(12)] == [i * 5 // 12 for i in range(12)]
+    assert cell_index(11, 12, 5) == 4 and cell_index(0, 7, 3) == 0
+    values = np.arange(17)
+    assert np.array_equal(cell_index(values, 17, 4), values * 4 // 17)
+    assert torch.equal(cell_index(torch.arange(17), 17, 4), torch.as_tensor(values * 4 // 17))
+    assert cell_of(15, 8, (16, 16), (4, 5)) == (3, 2)
+    with pytest.raises(ValueError, match="cell_index: axis lengths must be >= 1, got source=0, target=3"):
+        cell_index(1, 0, 3)
