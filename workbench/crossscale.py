@@ -1,7 +1,7 @@
-"""Cross-scale similarity of pixel embeddings (shared docs/workbench.md, view 3).
+"""Cross-scale similarity of pixel embeddings (``docs/workbench.md``, view 3).
 
 Class prototypes, linear CKA between stages, and per-pixel similarity maps across stages: the
-quantities the paper's cross-scale loss (method.md §3) is meant to change.
+quantities the paper's cross-scale loss (``docs/method.md`` §3) is meant to change.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from runformat.geometry import cell_of
 from workbench.separability import l2_normalize
 
 if TYPE_CHECKING:
@@ -96,12 +97,12 @@ def cka_matrix(run: Run, kind: str = "backbone", pixels: np.ndarray | None = Non
 
 
 def stage_position(y: int, x: int, image_shape: tuple[int, int], map_shape: tuple[int, int]) -> tuple[int, int]:
-    """Cell of an [h, w] stage map that contains input pixel (y, x) of an [H, W] image (nearest cell)."""
+    """Cell of an [h, w] stage map that contains input pixel (y, x) of an [H, W] image: the one cell rule of
+    ``runformat.geometry`` (``docs/method.md`` §1), so the workbench reads the cell the sampler and export read."""
     height, width = image_shape
-    h, w = map_shape
     if not (0 <= y < height and 0 <= x < width):
         raise ValueError(f"pixel (y={y}, x={x}) is outside the {height}x{width} image")
-    return min(y * h // height, h - 1), min(x * w // width, w - 1)
+    return cell_of(y, x, (height, width), (int(map_shape[0]), int(map_shape[1])))
 
 
 def _stage_maps(dense: dict[str, np.ndarray], kind: str) -> list[np.ndarray]:
