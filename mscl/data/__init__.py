@@ -1,4 +1,5 @@
-"""Datasets, joint transforms and synthetic scenes (contract: docs/architecture.md, mscl.data)."""
+"""Datasets, joint transforms and synthetic scenes (contract: docs/architecture.md, mscl.data); the data
+checks before training live in :mod:`mscl.data.validation` (scan and cache: :mod:`mscl.data.inspection`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mscl.data.ade20k import ADE20K_INFO, ADE20KDataset
-from mscl.data.base import DatasetInfo, JointTransform, SegmentationDataset
+from mscl.data.base import DataError, DatasetInfo, JointTransform, LabelValues, SegmentationDataset
 from mscl.data.cadis import CaDISDataset
 from mscl.data.camvid import CAMVID_INFO, CamVidDataset
 from mscl.data.cityscapes import CITYSCAPES_INFO, CityscapesDataset
@@ -54,8 +55,10 @@ __all__ = [
     "CaDISDataset",
     "CamVidDataset",
     "CityscapesDataset",
+    "DataError",
     "DatasetInfo",
     "FolderDataset",
+    "LabelValues",
     "PascalContextDataset",
     "SegmentationDataset",
     "SegmentationTransform",

@@ -6,8 +6,8 @@ Layout: ``root`` is either the ``ADEChallengeData2016`` folder or its parent::
     ADEChallengeData2016/annotations/training/ADE_train_00000001.png
     ADEChallengeData2016/images/validation/...   annotations/validation/...
 
-``split`` ``train``/``val`` (or ``training``/``validation``). Raw 0 ("other objects") -> 255,
-raw k in 1..150 -> k-1. Class names are the challenge's short names (objectInfo150 order). The
+``split`` ``train``/``val`` (or ``training``/``validation``). Raw 0 ("other objects", declared
+void) -> 255, raw k in 1..150 -> k-1; a raw value above 150 is UNKNOWN. Class names are the challenge's short names (objectInfo150 order). The
 palette is NOT the official one: it is generated deterministically by
 :func:`mscl.data.base.deterministic_palette`.
 """
@@ -20,8 +20,8 @@ from mscl.data.base import (
     DatasetInfo,
     JointTransform,
     SegmentationDataset,
-    build_label_lut,
     deterministic_palette,
+    format_label_values,
     require_dir,
 )
 from mscl.data.folder import pair_by_stem
@@ -53,6 +53,10 @@ ADE20K_INFO = DatasetInfo(
     ignore_index=255,
 )
 
+ADE20K_LABEL_VALUES = format_label_values(
+    "ade20k", {raw_id: raw_id - 1 for raw_id in range(1, len(ADE20K_CLASS_NAMES) + 1)}, [0]
+)
+
 ADE20K_SPLIT_FOLDERS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
 
@@ -79,6 +83,4 @@ class ADE20KDataset(SegmentationDataset):
         folder = ADE20K_SPLIT_FOLDERS[split]
         image_dir = require_dir(base / "images" / folder, "ADE20K image folder")
         label_dir = require_dir(base / "annotations" / folder, "ADE20K annotation folder")
-        mapping = {raw_id: raw_id - 1 for raw_id in range(1, len(ADE20K_CLASS_NAMES) + 1)}
-        lut = build_label_lut(mapping, ADE20K_INFO.ignore_index)
-        super().__init__(pair_by_stem(image_dir, label_dir), ADE20K_INFO, lut, transform, seed)
+        super().__init__(pair_by_stem(image_dir, label_dir), ADE20K_INFO, ADE20K_LABEL_VALUES, transform, seed)

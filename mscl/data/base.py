@@ -1,9 +1,11 @@
 """Common dataset machinery: class metadata, label id mapping, file reading, per-sample seeding.
 
-A dataset is a list of (image_id, image path, label path) triples, a :class:`DatasetInfo` and a
-lookup table that maps raw label ids to contiguous train ids (unknown raw ids -> ignore index).
-``load_raw`` returns the untransformed image and mapped label; ``__getitem__`` applies the joint
-transform (see :mod:`mscl.data.transforms`).
+A dataset is a list of (image_id, image path, label path) triples, a :class:`DatasetInfo` and its
+:class:`LabelValues`: which raw label values are declared classes (raw id -> contiguous train id), which
+are declared void (-> ignore index), where that is declared; every other raw value is UNKNOWN and also
+reads as the ignore index, which :mod:`mscl.data.validation` reports before training. ``load_raw``
+returns the untransformed image and mapped label; ``__getitem__`` applies the joint transform (see
+:mod:`mscl.data.transforms`). Every read error names the file (:class:`DataError`).
 
 Determinism of the random augmentation (see ``SegmentationDataset.__getitem__``):
 
@@ -19,7 +21,9 @@ Determinism of the random augmentation (see ``SegmentationDataset.__getitem__``)
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Callable, Mapping, Sequence
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,12 @@ JointTransform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Te
 
 LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# What PIL raises for empty, truncated or corrupt files (UnidentifiedImageError is an OSError).
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
+
+
+class DataError(ValueError):
+    """A dataset file or its content is unusable; the message names the file (or the config key) and the fix."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,65 @@ def deterministic_palette(num_colours: int, seed: int = 0) -> tuple[tuple[int, i
     return tuple(colours)
 
 
+def format_values(values: Iterable[int]) -> str:
+    """Sorted integers with runs shortened: ``[0, 1, 2, 3, 7]`` -> ``"0..3, 7"``."""
+    ordered = sorted(set(values))
+    runs: list[list[int]] = []
+    for value in ordered:
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ", ".join(f"{run[0]}..{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
+
+
+@dataclass(frozen=True)
+class LabelValues:
+    """What the raw values of a dataset's label files mean.
+
+    ``classes`` maps each declared class value to its train id, ``void`` lists the declared void values
+    (read as the ignore index on purpose, e.g. CamVid 11). Any other raw value is UNKNOWN: it also reads
+    as the ignore index, but :mod:`mscl.data.validation` stops training on it unless
+    ``data.unknown_labels: ignore``. ``source`` says where the meaning is declared (for messages) and
+    ``fix`` how a user declares more values.
+    """
+
+    classes: Mapping[int, int]
+    void: frozenset[int]
+    source: str
+    fix: str
+
+    def __post_init__(self) -> None:
+        both = self.void.intersection(self.classes)
+        if both:
+            raise ValueError(f"{self.source}: raw values {format_values(both)} are declared both class and void")
+
+    def kind(self, raw_value: int) -> str:
+        """``"class"``, ``"void"`` or ``"unknown"``."""
+        if raw_value in self.classes:
+            return "class"
+        return "void" if raw_value in self.void else "unknown"
+
+    def describe(self) -> str:
+        """E.g. ``"classes 0..10, void 11 (the camvid format)"``."""
+        void = f", void {format_values(self.void)}" if self.void else ", no void value"
+        return f"classes {format_values(self.classes)}{void} ({self.source})"
+
+    def lut(self, ignore_index: int) -> np.ndarray:
+        """The raw id -> train id table of :func:`build_label_lut` (void and unknown -> ``ignore_index``)."""
+        return build_label_lut(self.classes, ignore_index)
+
+
+def format_label_values(format_name: str, classes: Mapping[int, int], void: Iterable[int]) -> LabelValues:
+    """The label values of a built-in dataset format, whose docstring declares its classes and void values."""
+    return LabelValues(
+        classes=dict(classes),
+        void=frozenset(void),
+        source=f"the {format_name} format",
+        fix=f"check that these are {format_name} label-id images (not colour or train-id images) and correct them",
+    )
+
+
 def build_label_lut(mapping: Mapping[int, int], ignore_index: int, size: int = 256) -> np.ndarray:
     """Lookup table raw id -> train id; every raw id not in ``mapping`` maps to ``ignore_index``."""
     table_size = max(size, max(mapping, default=-1) + 1)
@@ -98,9 +167,9 @@ def build_label_lut(mapping: Mapping[int, int], ignore_index: int, size: int = 2
 
 
 def apply_label_lut(raw: np.ndarray, lut: np.ndarray, ignore_index: int) -> np.ndarray:
-    """Map raw ids through ``lut``; ids beyond the table (e.g. large 16-bit values) become ignore."""
+    """Map raw ids through ``lut``; ids outside the table (large 16-bit or negative 32-bit values) become ignore."""
     raw = raw.astype(np.int64, copy=False)
-    inside = raw < len(lut)
+    inside = (raw >= 0) & (raw < len(lut))
     return np.where(inside, lut[np.where(inside, raw, 0)], ignore_index)
 
 
@@ -116,23 +185,37 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def unreadable(path: Path, what: str, error: BaseException) -> DataError:
+    """The one-line error for a file PIL cannot decode (empty, truncated, corrupt)."""
+    reason = str(error) or type(error).__name__
+    return DataError(f"{what} {path} cannot be read ({reason}); replace it with a complete file or remove it from the split")
+
+
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 array [H, W, 3] (grey / RGBA / palette images are converted)."""
+    """RGB uint8 array [H, W, 3] (grey / RGBA / palette images are converted); read errors name the file."""
     require_file(path, "image file")
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.array(image.convert("RGB"), dtype=np.uint8)
+    except _READ_ERRORS as error:
+        raise unreadable(path, "image file", error) from error
 
 
 def read_label(path: Path) -> np.ndarray:
-    """Raw label ids [H, W] from a single-channel 8-bit, 16-bit or palette PNG."""
+    """Raw label ids [H, W] from a single-channel 8-bit, 16-bit or palette PNG; read errors name the file."""
     require_file(path, "label file")
-    with Image.open(path) as label:
-        if label.mode not in LABEL_MODES:
-            raise ValueError(
-                f"label file {path} has PIL mode {label.mode!r}; expected a single-channel id image "
-                f"(one of {', '.join(LABEL_MODES)})"
-            )
-        return np.array(label)
+    try:
+        with Image.open(path) as label:
+            mode = label.mode
+            if mode in LABEL_MODES:
+                label.load()
+                return np.array(label)
+    except _READ_ERRORS as error:
+        raise unreadable(path, "label file", error) from error
+    raise DataError(
+        f"label file {path} has PIL mode {mode!r}; expected a single-channel id image (one of {', '.join(LABEL_MODES)})"
+    )
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -147,7 +230,7 @@ def list_images(folder: Path) -> list[Path]:
 
 
 class SegmentationDataset(Dataset):
-    """Image/label pairs with a label id mapping and an optional joint transform.
+    """Image/label pairs with their :class:`LabelValues` and an optional joint transform.
 
     ``__getitem__(i)`` -> ``{"image": FloatTensor[3,H,W] (normalised), "label": LongTensor[H,W],
     "image_id": str, "index": int}``. Without a transform the evaluation transform of
@@ -158,7 +241,7 @@ class SegmentationDataset(Dataset):
         self,
         samples: Sequence[SampleFiles],
         info: DatasetInfo,
-        label_lut: np.ndarray,
+        label_values: LabelValues,
         transform: JointTransform | None = None,
         seed: int | None = None,
     ) -> None:
@@ -170,7 +253,8 @@ class SegmentationDataset(Dataset):
             transform = build_transforms(train=False, ignore_index=info.ignore_index)
         self.samples = list(samples)
         self.info = info
-        self.label_lut = label_lut
+        self.label_values = label_values
+        self.label_lut = label_values.lut(info.ignore_index)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -188,7 +272,7 @@ class SegmentationDataset(Dataset):
         image = read_image(files.image_path)
         raw_label = read_label(files.label_path)
         if image.shape[:2] != raw_label.shape[:2]:
-            raise ValueError(
+            raise DataError(
                 f"image {files.image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but label "
                 f"{files.label_path} is {raw_label.shape[1]}x{raw_label.shape[0]}"
             )

@@ -9,7 +9,8 @@ Splits are lists of video numbers; the defaults are the ones used by Pissas et a
 and the ECCV 2022 paper): val = videos 5, 7, 16; test = 2, 12, 22; train = the other 19. Pass
 ``videos=[...]`` to use any other list.
 
-Class mappings (``experiment``), raw id -> train id, everything not listed -> 255:
+Class mappings (``experiment``), raw id -> train id; the raw ids 0..35 not listed are declared void
+(-> 255); any raw value above 35 is UNKNOWN (also 255, reported by :mod:`mscl.data.validation`):
 
 * 1 (8 classes, default): 0..6 kept (Pupil, Surgical Tape, Hand, Eye Retractors, Iris, Skin,
   Cornea); every tool/object id 7..35 -> 7 "Instrument".
@@ -31,9 +32,10 @@ from pathlib import Path
 from mscl.data.base import (
     DatasetInfo,
     JointTransform,
+    LabelValues,
     SegmentationDataset,
-    build_label_lut,
     deterministic_palette,
+    format_label_values,
     require_dir,
 )
 from mscl.data.folder import pair_by_stem
@@ -108,6 +110,12 @@ def cadis_mapping(experiment: int) -> dict[int, int]:
     return {raw_id: train_id for train_id, raw_ids in groups.items() for raw_id in raw_ids}
 
 
+def cadis_label_values(experiment: int) -> LabelValues:
+    """Raw ids 0..35 of one experiment: mapped ones are classes, the rest declared void; others UNKNOWN."""
+    mapping = cadis_mapping(experiment)
+    return format_label_values(f"cadis experiment {experiment}", mapping, set(range(len(CADIS_RAW_CLASS_NAMES))) - set(mapping))
+
+
 class CaDISDataset(SegmentationDataset):
     """CaDIS frames of the split's videos; ``image_id`` is the frame file stem."""
 
@@ -142,5 +150,4 @@ class CaDISDataset(SegmentationDataset):
             image_dir = require_dir(folders[video] / "Images", "CaDIS image folder")
             label_dir = require_dir(folders[video] / "Labels", "CaDIS label folder")
             samples.extend(pair_by_stem(image_dir, label_dir))
-        lut = build_label_lut(cadis_mapping(experiment), info.ignore_index)
-        super().__init__(samples, info, lut, transform, seed)
+        super().__init__(samples, info, cadis_label_values(experiment), transform, seed)

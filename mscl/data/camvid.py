@@ -5,7 +5,8 @@ Layout (``root`` = the folder holding the list files)::
     train.txt / val.txt / test.txt     "image_path label_path" per line, relative to root
     train/*.png  trainannot/*.png      8-bit labels, ids 0..10 = classes, 11 = void
 
-Void (11) is the ignore index; any other raw id is mapped to void as well.
+Void (11) is the ignore index; any other raw id is UNKNOWN (read as void, reported by
+:mod:`mscl.data.validation`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from mscl.data.base import (
     JointTransform,
     SampleFiles,
     SegmentationDataset,
-    build_label_lut,
+    format_label_values,
     require_dir,
     require_file,
 )
@@ -36,6 +37,7 @@ CAMVID_INFO = DatasetInfo(
 )
 
 CAMVID_SPLITS = ("train", "val", "test")
+CAMVID_LABEL_VALUES = format_label_values("camvid", {k: k for k in range(CAMVID_INFO.num_classes)}, [CAMVID_INFO.ignore_index])
 
 
 def read_pair_list(list_file: Path, root: Path) -> list[SampleFiles]:
@@ -67,5 +69,4 @@ class CamVidDataset(SegmentationDataset):
         if split not in CAMVID_SPLITS:
             raise ValueError(f"CamVid split must be one of {CAMVID_SPLITS}, got {split!r}")
         list_file = require_file(root / f"{split}.txt", f"CamVid {split} list")
-        lut = build_label_lut({k: k for k in range(CAMVID_INFO.num_classes)}, CAMVID_INFO.ignore_index)
-        super().__init__(read_pair_list(list_file, root), CAMVID_INFO, lut, transform, seed)
+        super().__init__(read_pair_list(list_file, root), CAMVID_INFO, CAMVID_LABEL_VALUES, transform, seed)

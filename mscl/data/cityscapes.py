@@ -6,7 +6,8 @@ Layout (``root`` = the Cityscapes folder)::
     gtFine/<split>/<city>/<frame>_gtFine_labelIds.png
 
 ``split`` is ``train``, ``val`` or ``test``. labelIds are mapped to the standard 19 train ids
-(road=7 -> 0, ..., bicycle=33 -> 18); every other labelId (void, license plate, ...) -> 255.
+(road=7 -> 0, ..., bicycle=33 -> 18); the other labelIds 0..33 (void, license plate, ...) are declared
+void -> 255; a raw value above 33 is UNKNOWN (also 255, reported by :mod:`mscl.data.validation`).
 The palette is the official Cityscapes colour table.
 """
 
@@ -19,7 +20,7 @@ from mscl.data.base import (
     JointTransform,
     SampleFiles,
     SegmentationDataset,
-    build_label_lut,
+    format_label_values,
     require_dir,
 )
 
@@ -42,6 +43,12 @@ CITYSCAPES_INFO = DatasetInfo(
 # Cityscapes labelId of each train id, in train-id order.
 CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 CITYSCAPES_SPLITS = ("train", "val", "test")
+# labelIds 0..33 exist; the 15 that are no train class (unlabeled, ego vehicle, ..., license plate) are void.
+CITYSCAPES_LABEL_VALUES = format_label_values(
+    "cityscapes",
+    {label_id: train_id for train_id, label_id in enumerate(CITYSCAPES_LABEL_IDS)},
+    set(range(34)) - set(CITYSCAPES_LABEL_IDS),
+)
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 
@@ -66,6 +73,4 @@ class CityscapesDataset(SegmentationDataset):
             samples.append(SampleFiles(frame, image_path, label_path))
         if not samples:
             raise FileNotFoundError(f"no *{IMAGE_SUFFIX} images found under {image_root}/<city>/")
-        mapping = {label_id: train_id for train_id, label_id in enumerate(CITYSCAPES_LABEL_IDS)}
-        lut = build_label_lut(mapping, CITYSCAPES_INFO.ignore_index)
-        super().__init__(samples, CITYSCAPES_INFO, lut, transform, seed)
+        super().__init__(samples, CITYSCAPES_INFO, CITYSCAPES_LABEL_VALUES, transform, seed)

@@ -10,10 +10,14 @@ Images and masks are paired by file stem; an image without a mask is an error. T
 
     {"name": "my_data",                       # optional, default "folder"
      "classes": [{"id": 0, "name": "road", "color": [128, 64, 128]}, ...],
-     "ignore_index": 255}                      # optional, default 255
+     "ignore_index": 255,                      # optional, default 255
+     "void": [254]}                            # optional: more raw values that mean "not labelled"
 
 Raw mask value ``id`` becomes train id = rank of ``id`` among the class ids (identity for ids
-0..K-1); ``ignore_index`` and any unlisted raw value map to ``ignore_index``.
+0..K-1); every other raw value maps to ``ignore_index``. Only the values the file declares void
+(``ignore_index`` when the file sets it, and the ``void`` list) are void on purpose; any other
+unlisted value is UNKNOWN, and training stops on it unless ``data.unknown_labels: ignore``
+(:mod:`mscl.data.validation`).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import yaml
 from mscl.data.base import (
     DatasetInfo,
     JointTransform,
+    LabelValues,
     SampleFiles,
     SegmentationDataset,
-    build_label_lut,
     list_images,
     require_dir,
 )
@@ -66,8 +70,8 @@ def _class_entry(path: Path, position: int, entry: Any) -> tuple[int, str, tuple
     return raw_id, name, (colour[0], colour[1], colour[2])
 
 
-def load_classes_file(path: Path) -> tuple[DatasetInfo, dict[int, int]]:
-    """Parse a classes file into the DatasetInfo and the raw id -> train id mapping."""
+def load_classes_file(path: Path) -> tuple[DatasetInfo, LabelValues]:
+    """Parse a classes file into the DatasetInfo and its label values (raw id -> train id, declared void)."""
     text = path.read_text()
     try:
         document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -89,6 +93,12 @@ def load_classes_file(path: Path) -> tuple[DatasetInfo, dict[int, int]]:
         raise ValueError(f"classes file {path}: 'ignore_index' must be an integer, got {ignore_index!r}")
     if ignore_index in raw_ids:
         raise ValueError(f"classes file {path}: 'ignore_index' {ignore_index} is also a class id")
+    void = document.get("void", [])
+    if not isinstance(void, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in void):
+        raise ValueError(f"classes file {path}: 'void' must be a list of non-negative integers, got {void!r}")
+    if set(void) & set(raw_ids):
+        raise ValueError(f"classes file {path}: 'void' values {sorted(set(void) & set(raw_ids))} are also class ids")
+    declared_void = set(void) | ({ignore_index} if "ignore_index" in document else set())
     name = document.get("name", "folder")
     try:
         info = DatasetInfo(
@@ -99,7 +109,13 @@ def load_classes_file(path: Path) -> tuple[DatasetInfo, dict[int, int]]:
         )
     except ValueError as error:
         raise ValueError(f"classes file {path}: {error}") from error
-    return info, {raw_id: train_id for train_id, raw_id in enumerate(raw_ids)}
+    labels = LabelValues(
+        classes={raw_id: train_id for train_id, raw_id in enumerate(raw_ids)},
+        void=frozenset(declared_void),
+        source=f"classes file {path}",
+        fix=f"declare them in {path} (as classes, or as void under 'void' or 'ignore_index')",
+    )
+    return info, labels
 
 
 def write_classes_file(path: Path, info: DatasetInfo, extra: dict[str, Any] | None = None) -> None:
@@ -139,8 +155,7 @@ class FolderDataset(SegmentationDataset):
         self, root: str | Path, split: str, transform: JointTransform | None = None, seed: int | None = None
     ) -> None:
         root = require_dir(Path(root), "dataset root")
-        info, mapping = load_classes_file(find_classes_file(root))
+        info, labels = load_classes_file(find_classes_file(root))
         image_dir = require_dir(root / "images" / split, f"image folder of split {split!r}")
         mask_dir = require_dir(root / "masks" / split, f"mask folder of split {split!r}")
-        lut = build_label_lut(mapping, info.ignore_index)
-        super().__init__(pair_by_stem(image_dir, mask_dir), info, lut, transform, seed)
+        super().__init__(pair_by_stem(image_dir, mask_dir), info, labels, transform, seed)
