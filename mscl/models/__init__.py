@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mscl.models.base import NUM_STAGES, Encoder, SegmentationModel, SegOutput
 from mscl.models.deeplabv3 import DeepLabV3
-from mscl.models.encoders import PretrainedLoadReport, TimmEncoder, load_encoder_weights
+from mscl.models.encoders import (
+    RESERVED_TIMM_KWARGS,
+    TIMM_ENCODER_KWARGS,
+    PretrainedLoadReport,
+    TimmEncoder,
+    load_encoder_weights,
+    reserved_kwargs_message,
+)
 from mscl.models.hrnet import HRNet
 from mscl.models.ocrnet import OCRNet
 from mscl.models.tiny import TinySegNet
@@ -27,6 +36,33 @@ def available_models() -> list[str]:
     return list(MODEL_CLASSES)
 
 
+def accepted_kwargs(name: str) -> list[str]:
+    """Keyword arguments model ``name`` accepts (``model.kwargs`` in a config), sorted: its head options (the
+    named parameters of its class) and the timm keywords its encoder takes (the class's ``timm_kwargs``, a
+    subset of :data:`TIMM_ENCODER_KWARGS`)."""
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    model_class = MODEL_CLASSES[name]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    head = {key for key, parameter in inspect.signature(model_class.__init__).parameters.items()
+            if key not in ("self", "num_classes", "encoder") and parameter.kind in named}
+    return sorted(head | model_class.timm_kwargs)
+
+
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise ValueError, before any model or timm call, when ``kwargs`` holds a key model ``name`` does not
+    accept (:func:`accepted_kwargs`); keys mscl fixes itself (``pretrained``, ``features_only``, ...) say so."""
+    reserved = RESERVED_TIMM_KWARGS.intersection(kwargs)
+    if reserved:
+        raise ValueError(reserved_kwargs_message(reserved))
+    allowed = accepted_kwargs(name)
+    refused = sorted(set(kwargs) - set(allowed))
+    if refused:
+        raise ValueError(
+            f"model.kwargs: model {name!r} does not accept {', '.join(refused)}; allowed: {', '.join(allowed)}"
+        )
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -43,10 +79,10 @@ def build_model(
         pretrained: local file with encoder weights in timm naming (``.safetensors`` or a torch file);
             never downloaded.
         **kwargs: head options (e.g. ``decoder_channels``, ``output_stride``) and timm keyword arguments
-            (e.g. ``img_size``).
+            (e.g. ``img_size``); only those of :func:`accepted_kwargs` (ValueError for any other, checked
+            before timm is called).
     """
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    check_model_kwargs(name, kwargs)
     model = MODEL_CLASSES[name](num_classes, encoder=encoder, **kwargs)
     if pretrained is not None:
         load_encoder_weights(model.encoder, pretrained)
@@ -63,10 +99,13 @@ __all__ = [
     "PretrainedLoadReport",
     "SegOutput",
     "SegmentationModel",
+    "TIMM_ENCODER_KWARGS",
     "TimmEncoder",
     "TinySegNet",
     "UPerNet",
+    "accepted_kwargs",
     "available_models",
     "build_model",
+    "check_model_kwargs",
     "load_encoder_weights",
 ]

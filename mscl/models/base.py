@@ -58,6 +58,8 @@ class SegmentationModel(nn.Module, ABC):
     stage_strides: tuple[int, ...]
     stage_channels: tuple[int, ...]
     last_aux_logits: Tensor | None
+    timm_kwargs: frozenset[str] = frozenset()
+    """timm keyword arguments the model passes to its encoder (``model.kwargs`` besides head options)."""
 
     def __init__(self, num_classes: int, encoder: Encoder) -> None:
         super().__init__()

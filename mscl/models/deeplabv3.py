@@ -20,10 +20,11 @@ class DeepLabV3(SegmentationModel):
     """Dilated ResNet + ASPP head (torchvision's ASPP, then 3x3 conv-BN-ReLU and a 1x1 classifier).
 
     ``features`` are the outputs of the four ResNet stages (strides 4, 8, 8, 8 at output stride 8;
-    4, 8, 16, 16 at 16). Extra keyword arguments go to ``timm.create_model``.
+    4, 8, 16, 16 at 16). Extra keyword arguments (``timm_kwargs`` only) go to ``timm.create_model``.
     """
 
     default_encoder = "resnet18"
+    timm_kwargs = frozenset({"drop_rate", "drop_path_rate"})
 
     def __init__(
         self,
@@ -37,7 +38,8 @@ class DeepLabV3(SegmentationModel):
         if output_stride not in (8, 16):
             raise ValueError(f"deeplabv3 output_stride must be 8 or 16, got {output_stride}")
         name = encoder or self.default_encoder
-        backbone = TimmEncoder(name, model_name="deeplabv3", output_stride=output_stride, **encoder_kwargs)
+        backbone = TimmEncoder(name, model_name="deeplabv3", allowed_kwargs=self.timm_kwargs | {"output_stride"},
+                               output_stride=output_stride, **encoder_kwargs)
         if backbone.stage_strides[-1] != output_stride:
             raise ValueError(
                 f"encoder {name!r} does not support output_stride={output_stride} (its last stage has stride "

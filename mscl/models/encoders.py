@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,17 @@ FAMILY_DEFAULTS: tuple[tuple[str, dict[str, Any]], ...] = (
 """timm keyword defaults per encoder-name prefix; explicit keyword arguments override them."""
 
 RESERVED_TIMM_KWARGS = frozenset({"pretrained", "features_only", "out_indices"})
+"""timm keywords mscl sets itself (no download, four feature stages); never taken from a config."""
+
+TIMM_ENCODER_KWARGS = frozenset({
+    "img_size", "patch_size", "window_size", "embed_dim", "depths", "dims", "num_heads", "mlp_ratio",
+    "drop_rate", "drop_path_rate", "strict_img_size", "feature_location", "output_stride",
+})
+"""The only timm keyword arguments an encoder accepts (``model.kwargs`` in a config): architecture shape and
+regularisation. Keywords that make timm read a file or fetch a config (``checkpoint_path``, ``pretrained_cfg``,
+``pretrained_cfg_overlay``, ``cache_dir``, ...) are refused: timm would load ``checkpoint_path`` itself (releases
+before 1.0.26 with full pickle), so a run or config file could execute code. Local weights go through
+:func:`load_encoder_weights` (safetensors, or torch files with ``weights_only=True``)."""
 
 STRIPPABLE_PREFIXES: tuple[str, ...] = ("module.", "encoder.", "backbone.", "model.")
 """Leading key prefixes ignored when matching a weight file to an encoder (DDP, wrappers, timm)."""
@@ -56,6 +68,29 @@ def unknown_encoder_message(name: str, model_name: str, valid: Sequence[str] | N
     return f"unknown encoder {name!r} for model {model_name!r}; {accepted}{hint}"
 
 
+def reserved_kwargs_message(reserved: set[str] | frozenset[str]) -> str:
+    """Error text for timm keywords that mscl fixes itself (:data:`RESERVED_TIMM_KWARGS`)."""
+    return (
+        f"encoder keyword(s) {sorted(reserved)} are fixed by mscl (features_only=True, "
+        "pretrained=False, last four stages); pass local weights with build_model(pretrained=PATH)"
+    )
+
+
+def check_timm_kwargs(kwargs: Mapping[str, Any], model_name: str,
+                      allowed: frozenset[str] = TIMM_ENCODER_KWARGS) -> None:
+    """Raise ValueError unless every key of ``kwargs`` is in ``allowed`` and in :data:`TIMM_ENCODER_KWARGS`."""
+    reserved = RESERVED_TIMM_KWARGS.intersection(kwargs)
+    if reserved:
+        raise ValueError(reserved_kwargs_message(reserved))
+    allowed = allowed & TIMM_ENCODER_KWARGS
+    refused = sorted(set(kwargs) - allowed)
+    if refused:
+        raise ValueError(
+            f"model.kwargs: the timm encoder of model {model_name!r} does not accept {', '.join(refused)}; "
+            f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+        )
+
+
 def _family_defaults(name: str) -> dict[str, Any]:
     defaults: dict[str, Any] = {}
     for prefix, kwargs in FAMILY_DEFAULTS:
@@ -67,21 +102,19 @@ def _family_defaults(name: str) -> dict[str, Any]:
 class TimmEncoder(Encoder):
     """A timm ``features_only`` backbone exposing its last four stages as NCHW tensors, finest first.
 
+    ``timm_kwargs`` must be in ``allowed_kwargs`` (the model's ``timm_kwargs``) and in
+    :data:`TIMM_ENCODER_KWARGS`; any other key raises ValueError before timm is called.
     ``stage_strides`` / ``stage_channels`` come from timm's ``feature_info``. Models whose features
     are channels-last (timm Swin) are permuted to NCHW; every feature is returned contiguous
     (ConvNeXt's are not), so consumers may ``view`` them.
     """
 
-    def __init__(self, name: str, model_name: str = "encoder", **timm_kwargs: Any) -> None:
+    def __init__(self, name: str, model_name: str = "encoder", allowed_kwargs: frozenset[str] = TIMM_ENCODER_KWARGS,
+                 **timm_kwargs: Any) -> None:
         super().__init__()
         if not timm.is_model(name):
             raise ValueError(unknown_encoder_message(name, model_name))
-        reserved = RESERVED_TIMM_KWARGS.intersection(timm_kwargs)
-        if reserved:
-            raise ValueError(
-                f"encoder keyword(s) {sorted(reserved)} are fixed by mscl (features_only=True, "
-                "pretrained=False, last four stages); pass local weights with build_model(pretrained=PATH)"
-            )
+        check_timm_kwargs(timm_kwargs, model_name, allowed_kwargs)
         kwargs = {**_family_defaults(name), **timm_kwargs}
         try:
             self.model = timm.create_model(
@@ -119,14 +152,23 @@ class PretrainedLoadReport:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a flat name->tensor mapping from ``.safetensors`` or a torch file (``weights_only=True``).
 
-    A torch checkpoint nesting its weights under ``state_dict`` or ``model`` is unwrapped.
+    A torch checkpoint nesting its weights under ``state_dict`` or ``model`` is unwrapped. A torch file that
+    needs more than tensors to unpickle raises ValueError (nothing of it is executed).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained encoder weights not found: {path}")
     if path.suffix == ".safetensors":
         return dict(safetensors.torch.load_file(str(path), device="cpu"))
-    content = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if "global" in line.lower()), lines[0] if lines else type(err).__name__)
+        raise ValueError(
+            f"{path} was refused: it holds Python objects besides tensors, which mscl never unpickles ({reason}); "
+            "save the weights as a plain state dict or as .safetensors"
+        ) from err
     if not isinstance(content, Mapping):
         raise ValueError(f"{path} holds a {type(content).__name__}; expected a state dict (name -> tensor)")
     for container in CHECKPOINT_CONTAINER_KEYS:

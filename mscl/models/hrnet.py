@@ -15,6 +15,9 @@ from torchvision.ops import Conv2dNormActivation
 from mscl.models.base import SegmentationModel, resize_to
 from mscl.models.encoders import TimmEncoder, unknown_encoder_message
 
+HRNET_TIMM_KWARGS = frozenset({"drop_rate", "feature_location"})
+"""timm keywords HRNet encoders take from ``model.kwargs`` (timm's HighResolutionNet options)."""
+
 
 def hrnet_encoder_names() -> list[str]:
     """timm HRNet variants usable as encoders (hrnet_w18_small ... hrnet_w64)."""
@@ -26,7 +29,7 @@ def build_hrnet_encoder(name: str, model_name: str, **encoder_kwargs: Any) -> Ti
     valid = hrnet_encoder_names()
     if name not in valid:
         raise ValueError(unknown_encoder_message(name, model_name, valid))
-    return TimmEncoder(name, model_name=model_name, **encoder_kwargs)
+    return TimmEncoder(name, model_name=model_name, allowed_kwargs=HRNET_TIMM_KWARGS, **encoder_kwargs)
 
 
 def concat_branches(features: list[Tensor]) -> Tensor:
@@ -38,10 +41,11 @@ def concat_branches(features: list[Tensor]) -> Tensor:
 class HRNet(SegmentationModel):
     """HRNetV2: concatenated branches -> 1x1 conv-BN-ReLU -> 1x1 classifier, at stride 4.
 
-    Extra keyword arguments go to ``timm.create_model``.
+    Extra keyword arguments (``timm_kwargs`` only) go to ``timm.create_model``.
     """
 
     default_encoder = "hrnet_w18_small"
+    timm_kwargs = HRNET_TIMM_KWARGS
 
     def __init__(self, num_classes: int, encoder: str | None = None, **encoder_kwargs: Any) -> None:
         backbone = build_hrnet_encoder(encoder or self.default_encoder, "hrnet", **encoder_kwargs)

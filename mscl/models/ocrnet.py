@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
 from mscl.models.base import SegmentationModel
-from mscl.models.hrnet import build_hrnet_encoder, concat_branches
+from mscl.models.hrnet import HRNET_TIMM_KWARGS, build_hrnet_encoder, concat_branches
 
 
 class ObjectContextHead(nn.Module):
@@ -74,10 +74,12 @@ class ObjectContextHead(nn.Module):
 class OCRNet(SegmentationModel):
     """HRNet + OCR head; ``features`` are the four HRNet branches (strides 4, 8, 16, 32).
 
-    Each forward sets ``last_aux_logits``. Extra keyword arguments go to ``timm.create_model``.
+    Each forward sets ``last_aux_logits``. Extra keyword arguments (``timm_kwargs`` only) go to
+    ``timm.create_model``.
     """
 
     default_encoder = "hrnet_w18_small"
+    timm_kwargs = HRNET_TIMM_KWARGS
 
     def __init__(
         self,

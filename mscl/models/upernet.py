@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
 from mscl.models.base import SegmentationModel, resize_to
-from mscl.models.encoders import TimmEncoder
+from mscl.models.encoders import TIMM_ENCODER_KWARGS, TimmEncoder
 
 
 class PyramidPoolingModule(nn.Module):
@@ -68,13 +68,14 @@ class UPerHead(nn.Module):
 class UPerNet(SegmentationModel):
     """UPerNet on a timm encoder (ResNet, ConvNeXt, Swin, ...); ``features`` are its four stages (4, 8, 16, 32).
 
-    Extra keyword arguments go to ``timm.create_model`` (e.g. ``img_size``, or ``embed_dim``/``depths``
+    Extra keyword arguments (``timm_kwargs`` only) go to ``timm.create_model`` (e.g. ``img_size``, or ``embed_dim``/``depths``
     for a small Swin). Swin accepts any input size (``strict_img_size=False`` by default); leave
     ``img_size`` unset when loading 224-px Swin weights, since a smaller ``img_size`` shrinks the
     attention windows and with them the relative-position tables.
     """
 
     default_encoder = "resnet18"
+    timm_kwargs = TIMM_ENCODER_KWARGS
 
     def __init__(
         self,
@@ -85,7 +86,8 @@ class UPerNet(SegmentationModel):
         dropout: float = 0.1,
         **encoder_kwargs: Any,
     ) -> None:
-        backbone = TimmEncoder(encoder or self.default_encoder, model_name="upernet", **encoder_kwargs)
+        backbone = TimmEncoder(encoder or self.default_encoder, model_name="upernet", allowed_kwargs=self.timm_kwargs,
+                               **encoder_kwargs)
         super().__init__(num_classes, backbone)
         self.decode_head = UPerHead(self.stage_channels, decoder_channels, num_classes, pool_scales, dropout)
 
