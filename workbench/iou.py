@@ -1,4 +1,4 @@
-"""Per-class IoU, confusion matrices and their differences between two runs (shared docs/workbench.md, view 5).
+"""Per-class IoU, confusion matrices and their differences between two runs (`docs/workbench.md`, view 5).
 
 IoU_c = TP / (TP + FP + FN) over the whole split, from the confusion matrix (rows = ground truth,
 columns = prediction). Classes absent from both ground truth and prediction get NaN and are left out

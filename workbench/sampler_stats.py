@@ -1,4 +1,4 @@
-"""What the class-balanced sampler fed the contrastive loss (shared docs/workbench.md view 4; method.md §1)."""
+"""What the class-balanced sampler fed the contrastive loss (`docs/workbench.md` view 4; `docs/method.md` §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How well pixel embeddings separate the classes (definitions: shared docs/workbench.md, view 2).
+"""How well pixel embeddings separate the classes (definitions: `docs/workbench.md`, view 2).
 
 All cosine-based numbers work on L2-normalised rows. Pair expectations are over distinct pairs
 (x != y). ``alignment`` and ``intra_inter_cosine`` are computed exactly for any number of rows from
