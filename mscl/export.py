@@ -2,14 +2,15 @@
 predictions, per-stage embeddings of a class-balanced pixel sample, and dense per-stage maps.
 
 Embeddings are read at the same pixels for every stage (each input pixel maps to the stage cell that
-contains it), so the workbench can align stage panels pixel by pixel.
+contains it), so the workbench can align stage panels pixel by pixel. One export writes ``eval/``,
+``predictions/`` and ``embeddings/`` together: into a temporary folder of the run, swapped in as one unit
+(docs/run-format.md, "Export").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +19,13 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from mscl.metrics import accuracy_per_class, confusion_matrix, iou_per_class, summarize
+from mscl.evaluation import EvalResult, evaluate
+from mscl.metrics import accuracy_per_class, iou_per_class
 from mscl.run_writer import write_csv, write_json, write_npy, write_npz, write_parquet
-
-
-@dataclass
-class EvalResult:
-    """Confusion matrix over a split and one row per image."""
-
-    confusion: np.ndarray
-    per_image: list[dict] = field(default_factory=list)
-
-    def summary(self) -> dict[str, float]:
-        return summarize(self.confusion)
+from runformat import layout
+from runformat.atomic import swap_folders, temporary_name
+from runformat.columns import PER_CLASS_COLUMNS, PER_IMAGE_COLUMNS, PIXEL_COLUMNS, PREDICTION_INDEX_COLUMNS
 
 
 def stage_cells(ys: torch.Tensor, xs: torch.Tensor, image_hw: tuple[int, int], stage_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,60 +34,15 @@ def stage_cells(ys: torch.Tensor, xs: torch.Tensor, image_hw: tuple[int, int], s
     return (ys * h) // height, (xs * w) // width
 
 
-Visitor = Callable[[dict, object, torch.Tensor], None]
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    num_classes: int,
-    ignore_index: int,
-    device: torch.device,
-    progress: bool = True,
-    visitor: Visitor | None = None,
-) -> EvalResult:
-    """Run ``model`` over ``loader``, accumulating the confusion matrix and per-image mIoU.
-
-    ``visitor(batch, output, predictions)`` is called for every batch (the export uses it to collect
-    embeddings and predictions in the same pass).
-    """
-    model.eval()
-    total = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    rows: list[dict] = []
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
-        images, labels = batch["image"].to(device), batch["label"].to(device)
-        output = model(images)
-        predictions = output.logits.argmax(1)
-        for i in range(images.shape[0]):
-            conf = confusion_matrix(predictions[i], labels[i], num_classes, ignore_index).cpu()
-            total += conf
-            stats = summarize(conf.numpy())
-            rows.append(
-                {"image_index": int(batch["index"][i]), "image_id": str(batch["image_id"][i]), "miou": stats["miou"], "pixel_acc": stats["pixel_acc"]}
-            )
-        if visitor is not None:
-            visitor(batch, output, predictions)
-    return EvalResult(total.numpy(), rows)
-
-
 def write_eval(eval_dir: Path, result: EvalResult, class_names: list[str], split: str, checkpoint: str, step: int) -> dict:
     """Write ``summary.json``, ``per_class.csv``, ``confusion.npy`` and ``per_image.csv`` into ``eval_dir``."""
     summary = {"split": split, "checkpoint": checkpoint, "step": step, **result.summary(), "num_images": len(result.per_image)}
     confusion = result.confusion
-    per_class = pd.DataFrame(
-        {
-            "class_id": np.arange(len(class_names)),
-            "class_name": class_names,
-            "iou": iou_per_class(confusion),
-            "acc": accuracy_per_class(confusion),
-            "gt_pixels": confusion.sum(1),
-            "pred_pixels": confusion.sum(0),
-        }
-    )
+    columns = (np.arange(len(class_names)), class_names, iou_per_class(confusion), accuracy_per_class(confusion), confusion.sum(1), confusion.sum(0))
+    per_class = pd.DataFrame(dict(zip(PER_CLASS_COLUMNS, columns)))
     write_csv(eval_dir / "per_class.csv", per_class)
     write_npy(eval_dir / "confusion.npy", confusion.astype(np.int64))
-    write_csv(eval_dir / "per_image.csv", pd.DataFrame(result.per_image, columns=["image_index", "image_id", "miou", "pixel_acc"]))
+    write_csv(eval_dir / "per_image.csv", pd.DataFrame(result.per_image, columns=list(PER_IMAGE_COLUMNS)))
     write_json(eval_dir / "summary.json", summary)
     return summary
 
@@ -126,7 +74,15 @@ class PixelCollector:
         self.backbone: list[list[torch.Tensor]] = []
         self.projected: list[list[torch.Tensor]] = []
 
-    def add(self, image_index: int, image_id: str, label: torch.Tensor, prediction: torch.Tensor, features: list[torch.Tensor], projected: list[torch.Tensor] | None) -> None:
+    def add(
+        self,
+        image_index: int,
+        image_id: str,
+        label: torch.Tensor,
+        prediction: torch.Tensor,
+        features: list[torch.Tensor],
+        projected: list[torch.Tensor] | None,
+    ) -> None:
         """Take up to ``per_image_per_class`` random pixels of each class present in one image."""
         flat = label.flatten().cpu()
         valid = torch.nonzero(flat != self.ignore_index).squeeze(1)
@@ -185,7 +141,6 @@ class PixelCollector:
         return table, backbone, projected
 
 
-@torch.no_grad()
 def export_artifacts(
     run_dir: str | Path,
     model: nn.Module,
@@ -202,8 +157,46 @@ def export_artifacts(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> dict:
-    """Evaluate on ``loader`` and write ``eval/``, ``predictions/`` and ``embeddings/`` (run-format.md)."""
+    """Evaluate on ``loader`` and write ``eval/``, ``predictions/`` and ``embeddings/`` (docs/run-format.md, "Export").
+
+    The three folders are written into a temporary folder of the run and swapped in as one unit
+    (``runformat.atomic.swap_folders``), so an interrupted export leaves the previous export whole. Hold
+    the run's lock while calling it. Returns ``eval/summary.json``.
+    """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = temporary_name(run_dir / "export")
+    staging.mkdir()
+    try:
+        summary = _write_export(
+            staging, model, projectors, loader, split=split, checkpoint=checkpoint, step=step, num_pixels=num_pixels,
+            num_prediction_images=num_prediction_images, num_dense_images=num_dense_images, seed=seed, device=device, progress=progress,
+        )
+        swap_folders(run_dir, staging, layout.EXPORT_FOLDERS)
+    finally:
+        if staging.exists() and not (run_dir / layout.SWAP_JOURNAL).exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+@torch.no_grad()
+def _write_export(
+    run_dir: Path,
+    model: nn.Module,
+    projectors: nn.Module | None,
+    loader: DataLoader,
+    *,
+    split: str,
+    checkpoint: str,
+    step: int,
+    num_pixels: int,
+    num_prediction_images: int,
+    num_dense_images: int,
+    seed: int,
+    device: torch.device | str,
+    progress: bool,
+) -> dict:
+    """Write the export of ``export_artifacts`` into ``run_dir`` (its staging folder)."""
     device = torch.device(device)
     if projectors is not None:
         projectors.eval()
@@ -232,7 +225,7 @@ def export_artifacts(
             label_np = label.cpu().numpy().astype(np.int16)
             image_np = display_image(dataset, index, label_np.shape)
             arrays = {"image": image_np, "label": label_np, "prediction": predictions[i].cpu().numpy().astype(np.int16)}
-            write_npz(run_dir / f"predictions/{image_id}.npz", arrays)
+            write_npz(run_dir / layout.prediction_file(f"{image_id}.npz"), arrays)
             prediction_rows.append({"image_index": index, "image_id": image_id, "file": f"{image_id}.npz"})
             if index in dense_set:
                 dense = {"image": image_np, "label": label_np}
@@ -240,21 +233,21 @@ def export_artifacts(
                     dense[f"stage{s}_backbone"] = feature.cpu().numpy().astype(np.float16)
                 for s, feature in enumerate(projected_i or []):
                     dense[f"stage{s}_projected"] = feature.cpu().numpy().astype(np.float16)
-                write_npz(run_dir / f"embeddings/dense/{image_id}.npz", dense)
+                write_npz(run_dir / layout.dense_file(image_id), dense)
 
     result = evaluate(model, loader, num_classes, info.ignore_index, device, progress=progress, visitor=visit)
-    summary = write_eval(run_dir / "eval", result, list(info.class_names), split, checkpoint, step)
-    write_csv(run_dir / "predictions/index.csv", pd.DataFrame(prediction_rows, columns=["image_index", "image_id", "file"]))
+    summary = write_eval(run_dir / layout.EVAL_DIR, result, list(info.class_names), split, checkpoint, step)
+    write_csv(run_dir / layout.PREDICTION_INDEX, pd.DataFrame(prediction_rows, columns=list(PREDICTION_INDEX_COLUMNS)))
 
     table, backbone, projected_sample = collector.balanced(num_pixels, seed)
-    write_parquet(run_dir / "embeddings/pixels.parquet", table)
+    write_parquet(run_dir / layout.PIXELS, table[list(PIXEL_COLUMNS)])
     for s, array in enumerate(backbone):
-        write_npy(run_dir / f"embeddings/stage{s}_backbone.npy", array)
+        write_npy(run_dir / layout.embedding_file(s, "backbone"), array)
     for s, array in enumerate(projected_sample or []):
-        write_npy(run_dir / f"embeddings/stage{s}_projected.npy", array)
+        write_npy(run_dir / layout.embedding_file(s, "projected"), array)
     image_h = geometry["image"][0]
     write_json(
-        run_dir / "embeddings/meta.json",
+        run_dir / layout.EMBEDDING_META,
         {
             "num_pixels": len(table),
             "stages": list(range(len(backbone))),
@@ -264,8 +257,10 @@ def export_artifacts(
             "has_projector": projected_sample is not None,
             "split": split,
             "checkpoint": checkpoint,
+            "step": step,
             "seed": seed,
             "image_size": geometry["image"],
         },
     )
     return summary
+

@@ -1,95 +1,75 @@
-"""The only writer of run directories (format: ``docs/run-format.md``).
+"""The writer of run directories (format: ``docs/run-format.md``), on top of ``runformat``.
 
-Every file is written to a temporary name in its final folder and then renamed, so an interrupted run
-never leaves a half-written file behind.
+Every file goes through the one atomic writer (``runformat.atomic``): written under a temporary name in
+its final folder, flushed to disk and renamed, so an interrupted run never leaves a half-written file.
+Checkpoint sets are written by ``mscl.checkpoints``.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-from collections.abc import Callable, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
-FORMAT_VERSION = 1
+from runformat import FORMAT_VERSION, layout
+from runformat.atomic import atomic_file, atomic_write_bytes, write_json, write_text
+from runformat.columns import SAMPLER_CLASS_COLUMNS, SAMPLER_STEP_COLUMNS
 
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    path = Path(path)
-    with _atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return path
-
-
-def _write_with(path: str | Path, writer: Callable[[io.BytesIO], None]) -> Path:
-    buffer = io.BytesIO()
-    writer(buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_json(path: str | Path, value: Any) -> Path:
-    return atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=True) + "\n").encode())
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
+__all__ = [
+    "RunWriter",
+    "atomic_write_bytes",
+    "now_iso",
+    "write_csv",
+    "write_json",
+    "write_npy",
+    "write_npz",
+    "write_parquet",
+    "write_safetensors",
+    "write_text",
+]
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Write ``frame`` (without its index) as CSV atomically."""
     return atomic_write_bytes(path, frame.to_csv(index=False).encode())
 
 
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> Path:
-    return _write_with(path, lambda buffer: frame.to_parquet(buffer, index=False))
+    """Write ``frame`` (without its index) as Parquet atomically."""
+    with atomic_file(path) as handle:
+        frame.to_parquet(handle, index=False)
+    return Path(path)
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> Path:
-    return _write_with(path, lambda buffer: np.save(buffer, array, allow_pickle=False))
+    """Write one array as ``.npy`` atomically (no pickled objects)."""
+    with atomic_file(path) as handle:
+        np.save(handle, array, allow_pickle=False)
+    return Path(path)
 
 
 def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    return _write_with(path, lambda buffer: np.savez_compressed(buffer, **arrays))
+    """Write named arrays as a compressed ``.npz`` atomically."""
+    with atomic_file(path) as handle:
+        np.savez_compressed(handle, **arrays)
+    return Path(path)
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Save tensors (made contiguous, on CPU, without shared storage) with safetensors."""
+    """Save tensors (made contiguous, on CPU, without shared storage) with safetensors, atomically."""
     plain = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
     return atomic_write_bytes(path, save(plain, metadata=metadata))
 
 
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return load_file(str(path))
-
-
 def now_iso() -> str:
+    """The current UTC time, ISO-8601 to the second (``created`` / ``updated`` of run.json)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -108,23 +88,28 @@ class RunWriter:
     def path(self, relative: str) -> Path:
         return self.run_dir / relative
 
-    def write_meta(self, **updates: Any) -> None:
-        """Merge ``updates`` into ``run.json`` and rewrite it (format version and timestamps included)."""
-        if not self._meta and self.path("run.json").is_file():
-            self._meta = json.loads(self.path("run.json").read_text())
+    def write_meta(self, remove: tuple[str, ...] = (), **updates: Any) -> None:
+        """Merge ``updates`` into ``run.json``, drop the keys in ``remove`` and rewrite it (timestamps included).
+
+        A new ``run.json`` gets ``runformat.FORMAT_VERSION``; ``status`` takes ``runformat.RunStatus`` values.
+        """
+        if not self._meta and self.path(layout.RUN_JSON).is_file():
+            self._meta = json.loads(self.path(layout.RUN_JSON).read_text())
         self._meta.setdefault("format_version", FORMAT_VERSION)
         self._meta.setdefault("created", now_iso())
         self._meta.update(updates)
+        for key in remove:
+            self._meta.pop(key, None)
         self._meta["updated"] = now_iso()
-        write_json(self.path("run.json"), self._meta)
+        write_json(self.path(layout.RUN_JSON), self._meta)
 
     def restore_tables(self, step: int) -> None:
         """On resume: reload the metric and sampler tables, dropping rows after ``step``."""
         for attr, relative, reader in (
-            ("train_rows", "metrics/train.csv", pd.read_csv),
-            ("val_rows", "metrics/val.csv", pd.read_csv),
-            ("sampler_step_rows", "sampler/steps.parquet", pd.read_parquet),
-            ("sampler_class_rows", "sampler/class_counts.parquet", pd.read_parquet),
+            ("train_rows", layout.TRAIN_METRICS, pd.read_csv),
+            ("val_rows", layout.VAL_METRICS, pd.read_csv),
+            ("sampler_step_rows", layout.SAMPLER_STEPS, pd.read_parquet),
+            ("sampler_class_rows", layout.SAMPLER_CLASS_COUNTS, pd.read_parquet),
         ):
             file = self.path(relative)
             if file.is_file():
@@ -136,41 +121,26 @@ class RunWriter:
 
     def log_val(self, row: dict[str, Any]) -> None:
         self.val_rows.append(row)
-        write_csv(self.path("metrics/val.csv"), pd.DataFrame(self.val_rows))
+        write_csv(self.path(layout.VAL_METRICS), pd.DataFrame(self.val_rows))
 
     def log_sampler(self, step: int, records: Mapping[int, Any]) -> None:
         """Append one row per stage (and per class) from the sampler's records of this step."""
         for stage, record in sorted(records.items()):
             sampled = list(record.sampled_per_class)
-            self.sampler_step_rows.append(
-                {
-                    "step": step,
-                    "stage": int(stage),
-                    "groups": int(record.groups),
-                    "views": int(record.views),
-                    "filtered_groups": int(record.filtered_groups),
-                    "cap_max_views": bool(record.cap_max_views),
-                    "cap_total": bool(record.cap_total),
-                    "n_sampled": int(sum(sampled)),
-                }
-            )
+            values = (step, int(stage), int(record.groups), int(record.views), int(record.filtered_groups),
+                      bool(record.cap_max_views), bool(record.cap_total), int(sum(sampled)))
+            self.sampler_step_rows.append(dict(zip(SAMPLER_STEP_COLUMNS, values)))
             for class_id, (labelled, count) in enumerate(zip(record.labelled_per_class, sampled)):
-                self.sampler_class_rows.append(
-                    {"step": step, "stage": int(stage), "class_id": class_id, "labelled": int(labelled), "sampled": int(count)}
-                )
+                self.sampler_class_rows.append(dict(zip(SAMPLER_CLASS_COLUMNS, (step, int(stage), class_id, int(labelled), int(count)))))
 
     def flush_tables(self) -> None:
         """Rewrite the per-step tables (called at each log and checkpoint)."""
         if self.train_rows:
-            write_csv(self.path("metrics/train.csv"), pd.DataFrame(self.train_rows))
+            write_csv(self.path(layout.TRAIN_METRICS), pd.DataFrame(self.train_rows))
         if self.sampler_step_rows:
-            write_parquet(self.path("sampler/steps.parquet"), pd.DataFrame(self.sampler_step_rows))
-            write_parquet(self.path("sampler/class_counts.parquet"), pd.DataFrame(self.sampler_class_rows))
+            write_parquet(self.path(layout.SAMPLER_STEPS), pd.DataFrame(self.sampler_step_rows))
+            write_parquet(self.path(layout.SAMPLER_CLASS_COUNTS), pd.DataFrame(self.sampler_class_rows))
 
     def save_weights(self, name: str, state: Mapping[str, torch.Tensor]) -> Path:
-        return write_safetensors(self.path(f"checkpoints/{name}.safetensors"), state)
-
-    def save_training_state(self, tensors: Mapping[str, torch.Tensor], scalars: dict[str, Any]) -> None:
-        """Optimizer tensors and loop scalars for ``--resume`` (tensors first, the JSON last marks it complete)."""
-        write_safetensors(self.path("checkpoints/last_state.safetensors"), tensors)
-        write_json(self.path("checkpoints/last_state.json"), scalars)
+        """``checkpoints/<name>.safetensors`` (``best``; ``last`` is linked by ``mscl.checkpoints.save_checkpoint_set``)."""
+        return write_safetensors(self.path(layout.checkpoint_weights(name)), state)

@@ -1,4 +1,4 @@
-"""Write a small, complete run directory (docs/run-format.md, version 1) with numpy/pandas only.
+"""Write a small, complete run directory (docs/run-format.md) with numpy/pandas and ``runformat`` only.
 
 Used by the workbench and app tests. Embeddings are constructed so that class separability grows
 with depth: stage 0 is pure noise (not separable), the last stage is well separated; projected
@@ -15,6 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from runformat import FORMAT_VERSION, RunStatus, layout
+from runformat.atomic import write_json, write_text
+from runformat.columns import (
+    PER_CLASS_COLUMNS,
+    PER_IMAGE_COLUMNS,
+    PIXEL_COLUMNS,
+    PREDICTION_INDEX_COLUMNS,
+    SAMPLER_CLASS_COLUMNS,
+    SAMPLER_STEP_COLUMNS,
+    VAL_COLUMNS,
+)
 
 IMAGE_SIZE = (32, 32)
 NUM_VAL_IMAGES = 6
@@ -102,7 +114,8 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
 
 def _write_config(path: Path, num_classes: int, stages: int, loss_preset: str) -> None:
     weights = ", ".join(str(w) for w in (1.0, 0.7, 0.4, 0.1)[:stages])
-    path.write_text(
+    write_text(
+        path,
         "seed: 0\n"
         "dataset:\n  name: fake\n  root: ../shared/datasets/fake\n"
         f"  num_classes: {num_classes}\n"
@@ -115,13 +128,16 @@ def _write_config(path: Path, num_classes: int, stages: int, loss_preset: str) -
 
 
 def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, stages: int = 4,
-                   with_projector: bool = True, missing: Iterable[str] = ()) -> Path:
+                   with_projector: bool = True, missing: Iterable[str] = (), format_version: int = FORMAT_VERSION) -> Path:
     """Write a complete fake run directory at ``path`` and return it.
 
     ``with_projector=False`` writes a cross-entropy run (loss preset ``ce``: no projected embeddings,
     no contrastive loss columns, no sampler tables). ``missing`` lists run-relative paths (files or
-    folders) to delete afterwards, to test error handling.
+    folders) to delete afterwards, to test error handling. ``format_version=1`` keeps the checkpoint in
+    the three separate files of version 1 instead of a checkpoint set.
     """
+    if format_version not in layout.READABLE_FORMAT_VERSIONS:
+        raise ValueError(f"write_fake_run: format_version must be one of {layout.READABLE_FORMAT_VERSIONS}")
     if num_classes < 2 or stages < 2:
         raise ValueError("write_fake_run needs num_classes >= 2 and stages >= 2")
     rng = np.random.default_rng(seed)
@@ -135,10 +151,10 @@ def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, sta
     loss_preset = "ms+cs" if with_projector else "ce"
     height, width = IMAGE_SIZE
 
-    (run / "run.json").write_text(json.dumps({
-        "format_version": 1,
+    write_json(run / layout.RUN_JSON, {
+        "format_version": format_version,
         "name": f"fake-{loss_preset}-{seed}",
-        "status": "finished",
+        "status": RunStatus.FINISHED,
         "created": "2024-01-01T00:00:00+00:00",
         "updated": "2024-01-01T01:00:00+00:00",
         "mscl_version": "0.1.0",
@@ -150,11 +166,11 @@ def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, sta
                   "num_parameters": 1234},
         "timing": {"train_seconds": 60.0, "steps": 200, "sec_per_step": 0.3},
         "world_size": 1,
-    }, indent=2))
-    _write_config(run / "config.yaml", num_classes, stages, loss_preset)
+    })
+    _write_config(run / layout.CONFIG_YAML, num_classes, stages, loss_preset)
 
     # metrics
-    (run / "metrics").mkdir(exist_ok=True)
+    (run / layout.TRAIN_METRICS).parent.mkdir(exist_ok=True)
     steps = np.array(LOGGED_STEPS)
     decay = np.exp(-steps / (80.0 + 40.0 * rng.random()))
     train = {"step": steps, "epoch": steps // 50, "lr": 0.01 * (1 - steps / 200.0),
@@ -170,12 +186,11 @@ def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, sta
         train["loss/contrastive"] = contrastive
     train["loss/total"] = train["loss/ce"] + 0.1 * contrastive
     train["sec_per_step"] = 0.3 + 0.01 * rng.random(len(steps))
-    pd.DataFrame(train).to_csv(run / "metrics" / "train.csv", index=False)
+    pd.DataFrame(train).to_csv(run / layout.TRAIN_METRICS, index=False)
     val_steps = np.array(VAL_STEPS)
-    pd.DataFrame({"step": val_steps, "epoch": val_steps // 50,
-                  "miou": 0.3 + (0.08 + 0.04 * rng.random()) * np.arange(len(val_steps)),
-                  "pixel_acc": 0.6 + 0.05 * np.arange(len(val_steps)),
-                  "mean_acc": 0.4 + 0.08 * np.arange(len(val_steps))}).to_csv(run / "metrics" / "val.csv", index=False)
+    val_values = (val_steps, val_steps // 50, 0.3 + (0.08 + 0.04 * rng.random()) * np.arange(len(val_steps)),
+                  0.6 + 0.05 * np.arange(len(val_steps)), 0.4 + 0.08 * np.arange(len(val_steps)))
+    pd.DataFrame(dict(zip(VAL_COLUMNS, val_values))).to_csv(run / layout.VAL_METRICS, index=False)
 
     # validation images, predictions, evaluation
     image_ids = [f"val_{i:03d}" for i in range(NUM_VAL_IMAGES)]
@@ -185,37 +200,36 @@ def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, sta
     images = [np.clip(colours[label] + rng.integers(-20, 21, size=(height, width, 3)), 0, 255).astype(np.uint8)
               for label in labels]
 
-    (run / "predictions").mkdir(exist_ok=True)
+    (run / layout.PREDICTIONS_DIR).mkdir(exist_ok=True)
     index_rows = []
     for i in range(NUM_PREDICTION_IMAGES):
-        np.savez(run / "predictions" / f"{image_ids[i]}.npz", image=images[i],
+        np.savez(run / layout.prediction_file(f"{image_ids[i]}.npz"), image=images[i],
                  label=labels[i].astype(np.int16), prediction=predictions[i].astype(np.int16))
-        index_rows.append({"image_index": i, "image_id": image_ids[i], "file": f"{image_ids[i]}.npz"})
-    pd.DataFrame(index_rows).to_csv(run / "predictions" / "index.csv", index=False)
+        index_rows.append(dict(zip(PREDICTION_INDEX_COLUMNS, (i, image_ids[i], f"{image_ids[i]}.npz"))))
+    pd.DataFrame(index_rows).to_csv(run / layout.PREDICTION_INDEX, index=False)
 
-    (run / "eval").mkdir(exist_ok=True)
+    (run / layout.EVAL_DIR).mkdir(exist_ok=True)
     conf = _confusion(labels, predictions, num_classes)
-    np.save(run / "eval" / "confusion.npy", conf)
+    np.save(run / layout.CONFUSION, conf)
     iou = _iou(conf)
     acc = np.diag(conf) / np.maximum(conf.sum(1), 1)
-    pd.DataFrame({"class_id": np.arange(num_classes), "class_name": class_names, "iou": iou, "acc": acc,
-                  "gt_pixels": conf.sum(1), "pred_pixels": conf.sum(0)}).to_csv(
-        run / "eval" / "per_class.csv", index=False)
+    per_class = (np.arange(num_classes), class_names, iou, acc, conf.sum(1), conf.sum(0))
+    pd.DataFrame(dict(zip(PER_CLASS_COLUMNS, per_class))).to_csv(run / layout.PER_CLASS, index=False)
     per_image = []
     for i, (label, prediction) in enumerate(zip(labels, predictions)):
         image_conf = _confusion([label], [prediction], num_classes)
         valid = label < num_classes
-        per_image.append({"image_index": i, "image_id": image_ids[i], "miou": float(np.nanmean(_iou(image_conf))),
-                          "pixel_acc": float((label[valid] == prediction[valid]).mean())})
-    pd.DataFrame(per_image).to_csv(run / "eval" / "per_image.csv", index=False)
-    (run / "eval" / "summary.json").write_text(json.dumps({
+        per_image.append(dict(zip(PER_IMAGE_COLUMNS, (i, image_ids[i], float(np.nanmean(_iou(image_conf))),
+                                                      float((label[valid] == prediction[valid]).mean())))))
+    pd.DataFrame(per_image).to_csv(run / layout.PER_IMAGE, index=False)
+    write_json(run / layout.EVAL_SUMMARY, {
         "split": "val", "checkpoint": "best", "step": 199, "miou": float(np.nanmean(iou)),
         "pixel_acc": float(np.diag(conf).sum() / conf.sum()), "mean_acc": float(acc.mean()),
-        "num_images": NUM_VAL_IMAGES}))
+        "num_images": NUM_VAL_IMAGES})
 
     # sampler statistics (contrastive runs only)
     if with_projector:
-        (run / "sampler").mkdir(exist_ok=True)
+        (run / layout.SAMPLER_STEPS).parent.mkdir(exist_ok=True)
         step_rows, class_rows = [], []
         for step in LOGGED_STEPS:
             for s in range(stages):
@@ -223,18 +237,16 @@ def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, sta
                 views = int(rng.integers(5, 50))
                 labelled = rng.integers(100, 1000, size=num_classes)
                 sampled = rng.multinomial(groups * views, np.full(num_classes, 1.0 / num_classes))
-                step_rows.append({"step": step, "stage": s, "groups": groups, "views": views,
-                                  "filtered_groups": int(rng.integers(0, 3)),
-                                  "cap_max_views": bool(rng.random() < 0.25),
-                                  "cap_total": bool(rng.random() < 0.5), "n_sampled": groups * views})
-                class_rows.extend({"step": step, "stage": s, "class_id": c, "labelled": int(labelled[c]),
-                                   "sampled": int(sampled[c])} for c in range(num_classes))
-        pd.DataFrame(step_rows).to_parquet(run / "sampler" / "steps.parquet", index=False)
-        pd.DataFrame(class_rows).to_parquet(run / "sampler" / "class_counts.parquet", index=False)
+                step_values = (step, s, groups, views, int(rng.integers(0, 3)), bool(rng.random() < 0.25),
+                               bool(rng.random() < 0.5), groups * views)
+                step_rows.append(dict(zip(SAMPLER_STEP_COLUMNS, step_values)))
+                class_rows.extend(dict(zip(SAMPLER_CLASS_COLUMNS, (step, s, c, int(labelled[c]), int(sampled[c]))))
+                                  for c in range(num_classes))
+        pd.DataFrame(step_rows).to_parquet(run / layout.SAMPLER_STEPS, index=False)
+        pd.DataFrame(class_rows).to_parquet(run / layout.SAMPLER_CLASS_COUNTS, index=False)
 
     # embeddings of sampled pixels
-    emb_dir = run / "embeddings"
-    (emb_dir / "dense").mkdir(parents=True, exist_ok=True)
+    (run / layout.DENSE_DIR).mkdir(parents=True, exist_ok=True)
     pixel_rows = []
     for i, (label, prediction) in enumerate(zip(labels, predictions)):
         flat = rng.choice(height * width, size=PIXELS_PER_IMAGE, replace=False)
@@ -244,7 +256,7 @@ def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, sta
                                "label": int(label[y, x]), "prediction": int(prediction[y, x])})
     pixels = pd.DataFrame(pixel_rows)
     pixels.insert(0, "pixel", np.arange(len(pixels)))
-    pixels.to_parquet(emb_dir / "pixels.parquet", index=False)
+    pixels[list(PIXEL_COLUMNS)].to_parquet(run / layout.PIXELS, index=False)
     pixel_labels = pixels["label"].to_numpy()
 
     kinds = {"backbone": backbone_dims}
@@ -257,7 +269,7 @@ def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, sta
     for kind in kinds:
         for s in range(stages):
             features = _features(rng, pixel_labels, centres[kind, s], fake_separation(s, stages), num_classes)
-            np.save(emb_dir / f"stage{s}_{kind}.npy", features.astype(np.float16))
+            np.save(run / layout.embedding_file(s, kind), features.astype(np.float16))
     for i in range(NUM_DENSE_IMAGES):
         arrays: dict[str, np.ndarray] = {"image": images[i], "label": labels[i].astype(np.int16)}
         for s, stride in enumerate(strides):
@@ -266,19 +278,27 @@ def write_fake_run(path: str | Path, *, seed: int = 0, num_classes: int = 4, sta
                 features = _features(rng, small.reshape(-1), centres[kind, s], fake_separation(s, stages),
                                      num_classes)
                 arrays[f"stage{s}_{kind}"] = features.T.reshape(-1, *small.shape).astype(np.float16)
-        np.savez(emb_dir / "dense" / f"{image_ids[i]}.npz", **arrays)
-    (emb_dir / "meta.json").write_text(json.dumps({
+        np.savez(run / layout.dense_file(image_ids[i]), **arrays)
+    write_json(run / layout.EMBEDDING_META, {
         "num_pixels": len(pixels), "stages": list(range(stages)), "strides": strides,
         "backbone_dims": backbone_dims, "projected_dims": kinds.get("projected", []),
-        "has_projector": with_projector, "split": "val", "checkpoint": "best", "seed": seed}))
+        "has_projector": with_projector, "split": "val", "checkpoint": "best", "step": 199, "seed": seed})
 
     # checkpoints
-    (run / "checkpoints").mkdir(exist_ok=True)
     weights = {"head.weight": rng.normal(size=(num_classes, backbone_dims[-1])).astype(np.float32)}
-    _write_safetensors(run / "checkpoints" / "last.safetensors", weights)
-    _write_safetensors(run / "checkpoints" / "best.safetensors", weights)
-    _write_safetensors(run / "checkpoints" / "last_state.safetensors", {"optimizer.step": np.zeros(1)})
-    (run / "checkpoints" / "last_state.json").write_text(json.dumps({"step": 200, "epoch": 4, "best_miou": 0.6}))
+    scalars = {"step": 200, "epoch": 4, "best_miou": 0.6, "train_seconds": 60.0, "param_groups": []}
+    if format_version == 1:
+        (run / layout.CHECKPOINTS_DIR).mkdir(exist_ok=True)
+        _write_safetensors(run / layout.LEGACY_STATE_TENSORS, {"optimizer.step": np.zeros(1)})
+        write_json(run / layout.LEGACY_STATE_SCALARS, scalars)
+    else:
+        folder = run / layout.checkpoint_set(200)
+        folder.mkdir(parents=True)
+        _write_safetensors(folder / layout.SET_WEIGHTS, weights)
+        _write_safetensors(folder / layout.SET_TENSORS, {"optimizer.step": np.zeros(1)})
+        write_json(folder / layout.SET_SCALARS, scalars)
+    _write_safetensors(run / layout.LAST_WEIGHTS, weights)
+    _write_safetensors(run / layout.BEST_WEIGHTS, weights)
 
     for artifact in missing:
         target = run / artifact
