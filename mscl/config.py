@@ -224,6 +224,7 @@ class TrainConfig(_Section):
     sync_bn: StrictBool = False
     log_all_ranks: StrictBool = False
     progress: StrictBool = True
+    tensorboard: StrictBool = Field(False, description="also write the logged scalars to RUN/tensorboard/ (tensorboard --logdir)")
 
     @field_validator("device")
     @classmethod

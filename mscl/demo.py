@@ -10,8 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from mscl.cli import resolve_config_path
-from mscl.config import load_config
+from mscl.config import load_config, resolve_config_path
 from mscl.data import generate_synthetic_dataset
 from mscl.trainer import Trainer
 
@@ -39,10 +38,10 @@ def make_demo(
     data_root = generate_demo_scenes(out / "synthetic", seed=seed, n_train=n_train, n_val=n_val, size=size)
     run_dirs = []
     for preset, name in DEMO_RUNS:
-        overrides = [f"name={name}", f"output_dir={out / 'runs'}", f"data.root={data_root}", f"loss.preset={preset}", f"seed={seed}"]
+        flags = {"output_dir": ("--out", str(out / "runs")), "data.root": ("--out", str(data_root)), "seed": ("--seed", seed)}
         if steps is not None:
-            overrides.append(f"train.steps={steps}")
-        config = load_config(resolve_config_path("synthetic-tiny"), overrides)
+            flags["train.steps"] = ("--steps", steps)
+        config = load_config(resolve_config_path("synthetic-tiny"), [f"name={name}", f"loss.preset={preset}"], flags)
         if config.run_dir.exists():
             shutil.rmtree(config.run_dir)
         tic = time.perf_counter()

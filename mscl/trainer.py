@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -27,30 +26,32 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from mscl import __version__
-from mscl.config import Config, load_config, save_config
+from mscl.checkpoints import (
+    CheckpointError,
+    SegmentationWithProjectors,
+    load_checkpoint_set,
+    load_weights,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint_set,
+)
+from mscl.config import Config, save_config
 from mscl.data import build_dataset, build_transforms
-from mscl.export import evaluate, export_artifacts
+from mscl.data.base import DataError
+from mscl.data.validation import DataReport, check_data
+from mscl.evaluation import EvalResult, collate_by_size, evaluate
+from mscl.export import export_artifacts
 from mscl.losses import MSCSLoss
+from mscl.metrics import iou_per_class
 from mscl.models import build_model
 from mscl.projectors import ProjectorSet
-from mscl.run_writer import RunWriter, read_safetensors, write_csv, write_text
-
-
-class SegmentationWithProjectors(nn.Module):
-    """A segmentation model and, for contrastive presets, one projector per encoder stage.
-
-    The projectors are used only in training (paper Sec. 3.4): inference cost is unchanged.
-    """
-
-    def __init__(self, model: nn.Module, projectors: ProjectorSet | None) -> None:
-        super().__init__()
-        self.model = model
-        self.projectors = projectors
-
-    def forward(self, images: torch.Tensor) -> tuple[Any, list[torch.Tensor] | None]:
-        output = self.model(images)
-        projected = self.projectors(output.features) if self.projectors is not None else None
-        return output, projected
+from mscl.run_writer import RunWriter, write_csv, write_text
+from mscl.snapshots import SnapshotRecorder
+from mscl.tensorboard_logger import TENSORBOARD_DIR, TensorBoardLogger
+from runformat import FORMAT_VERSION, RunStatus, layout
+from runformat.lock import RunLock
+from runformat.projection_cache import project_in_child_process
+from runformat.rundir import prepare_run_dir
 
 
 class EpochSampler(Sampler[int]):
@@ -120,10 +121,28 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+class DeviceError(ValueError):
+    """The requested device does not exist on this machine (one line naming the option and the way out)."""
+
+
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU) or a torch device name (``--device`` / ``train.device``).
+
+    DeviceError when it is not a device name or names a CUDA device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; use one of them or --device cpu")
+    return device
 
 
 def poly_lr(base_lr: float, step: int, total: int, power: float, warmup: int) -> float:
@@ -145,31 +164,15 @@ def build_optimizer(config: Config, module: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=optim.lr)
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into safetensors-compatible tensors and JSON scalars."""
-    state = optimizer.state_dict()
-    tensors = {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return tensors, {"param_groups": state["param_groups"]}
-
-
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            state[int(index)][key] = value
-    optimizer.load_state_dict({"state": dict(state), "param_groups": scalars["param_groups"]})
-
-
 class Trainer:
     """Trains one run and writes its directory (``docs/run-format.md``)."""
 
-    def __init__(self, config: Config, resume: bool = False) -> None:
+    def __init__(self, config: Config, resume: bool = False, overwrite: bool = False) -> None:
+        if resume and overwrite:
+            raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
         self.config = config
         self.resume = resume
+        self.overwrite = overwrite
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world_size > 1
@@ -192,6 +195,7 @@ class Trainer:
         train_indices = list(range(len(self.train_set)))[: data.max_train_images]
         self.sampler = EpochSampler(train_indices, data.batch_size, config.seed, self.rank, self.world_size)
         self.val_indices = list(range(len(self.val_set)))[: data.max_val_images]
+        self.data_report = self._check_data()
 
         model = build_model(config.model.name, self.num_classes, encoder=config.model.encoder, pretrained=config.model.pretrained, **config.model.kwargs)
         contrastive = config.loss.preset != "ce"
@@ -225,17 +229,42 @@ class Trainer:
         )
         self.optimizer = build_optimizer(config, self.module)
         self.writer = RunWriter(self.run_dir) if self.is_main else None
+        self.snapshots = SnapshotRecorder(
+            self.run_dir, self.val_set, self.val_indices, split=data.val_split, seed=config.seed,
+            batch_size=data.val_batch_size, device=self.device,
+        ) if self.is_main and config.export.snapshots else None
         self.step = 0
         self.epoch = 0
         self.best_miou = float("-inf")
         self.train_seconds = 0.0
+        self._saved_step: int | None = None
+        self.tensorboard: TensorBoardLogger | None = None
 
-    def _loader(self, dataset, sampler, batch_size: int, epoch: int) -> DataLoader:
+    def _check_data(self) -> DataReport | None:
+        """Rank 0 decodes every train and val file the run uses before step 1 (``mscl.data.validation``) and
+        prints its warnings; every rank stops with the one-line error when it finds a problem."""
+        report, message = None, None
+        if self.is_main:
+            data = self.config.data
+            report = check_data(self.config, {data.train_split: self.train_set, data.val_split: self.val_set}, progress=self.config.train.progress)
+            message = report.error_message()
+            for warning in report.warnings:
+                print(f"data warning: {warning}", file=sys.stderr)
+        if self.distributed:
+            shared = [message]
+            dist.broadcast_object_list(shared, src=0)
+            message = shared[0]
+        if message:
+            raise DataError(message)
+        return report
+
+    def _loader(self, dataset, sampler, batch_size: int, epoch: int, collate_fn=None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch * 104_729 + self.rank)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
+            collate_fn=collate_fn,
             num_workers=self.config.data.num_workers,
             worker_init_fn=_seed_worker,
             generator=generator,
@@ -247,23 +276,24 @@ class Trainer:
         return self._loader(self.train_set, self.sampler, self.config.data.batch_size, epoch)
 
     def val_loader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_indices, self.config.data.val_batch_size, 0)
+        return self._loader(self.val_set, self.val_indices, self.config.data.val_batch_size, 0, collate_fn=collate_by_size)
 
     def _start_run(self) -> None:
+        """Open the run directory (lock held): refuse or empty a used one, or load the newest checkpoint set to resume."""
+        if self.is_main:
+            prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite)
         if self.resume:
+            self._check_resumed_loss()
             self._load_state()
-        elif self.is_main and (self.run_dir / "checkpoints/last_state.json").exists():
-            raise FileExistsError(
-                f"run directory {self.run_dir} already holds a run; use `mscl train --resume {self.run_dir}` "
-                "to continue it or choose another --name"
-            )
         if not self.is_main:
             return
-        write_text(self.run_dir / "config.yaml", save_config(self.config))
+        write_text(self.run_dir / layout.CONFIG_YAML, save_config(self.config))
         model = self.module.model
         self.writer.write_meta(
+            remove=("error",),
+            format_version=FORMAT_VERSION,
             name=self.config.name,
-            status="running",
+            status=RunStatus.RUNNING,
             mscl_version=__version__,
             loss_preset=self.config.loss.preset,
             dataset={
@@ -273,6 +303,7 @@ class Trainer:
                 "ignore_index": int(self.info.ignore_index),
                 "num_train": len(self.sampler.indices),
                 "num_val": len(self.val_indices),
+                "raw_label_histogram": self.data_report.raw_label_histogram(),
             },
             model={
                 "name": self.config.model.name,
@@ -285,30 +316,57 @@ class Trainer:
             world_size=self.world_size,
             device=str(self.device),
         )
+        if self.config.train.tensorboard:
+            purge_step = self.step + 1 if self.resume else None
+            self.tensorboard = TensorBoardLogger(self.run_dir / TENSORBOARD_DIR, self.info.class_names, purge_step=purge_step)
+
+    def _check_resumed_loss(self) -> None:
+        """A resumed run keeps its loss preset: another ``--loss`` would change the method mid-run."""
+        meta_path = self.run_dir / layout.RUN_JSON
+        try:
+            trained = json.loads(meta_path.read_text()).get("loss_preset")
+        except (OSError, ValueError, AttributeError):
+            trained = None
+        asked = self.config.loss.preset
+        if trained is not None and trained != asked:
+            raise CheckpointError(
+                f"{meta_path}: the run was trained with loss preset {trained}, not {asked}; resume it without --loss "
+                f"(its config.yaml keeps {trained}), or train a new run with --loss {asked} and another --name"
+            )
 
     def _load_state(self) -> None:
-        state_json = self.run_dir / "checkpoints/last_state.json"
-        if not state_json.is_file():
-            raise FileNotFoundError(f"cannot resume: {state_json} not found (the run saved no checkpoint yet)")
-        scalars = json.loads(state_json.read_text())
-        weights = read_safetensors(self.run_dir / "checkpoints/last.safetensors")
-        self.module.load_state_dict(weights)
-        tensors = read_safetensors(self.run_dir / "checkpoints/last_state.safetensors")
-        optimizer_from_tensors(self.optimizer, tensors, scalars)
-        torch.set_rng_state(tensors["rng.torch"])
-        self.step, self.epoch = scalars["step"], scalars["epoch"]
-        self.best_miou, self.train_seconds = scalars["best_miou"], scalars["train_seconds"]
+        """Restore weights, optimizer, RNG, loop scalars and tables from the newest complete checkpoint set."""
+        found, weights, tensors, scalars = load_checkpoint_set(self.run_dir)
+        way_out = "resume with the run's own model settings (drop --model/--encoder/--set overrides), or train a new run with another --name"
+        load_weights(self.module, weights, found.weights, way_out)
+        try:
+            optimizer_from_tensors(self.optimizer, tensors, scalars)
+            torch.set_rng_state(tensors["rng.torch"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{found.tensors} does not fit this run's optimizer ({err!r}); {way_out}") from None
+        self.step, self.epoch = int(scalars["step"]), int(scalars["epoch"])
+        self.best_miou, self.train_seconds = float(scalars["best_miou"]), float(scalars["train_seconds"])
+        self._saved_step = self.step
         if self.writer is not None:
             self.writer.restore_tables(self.step)
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint set of this step (docs/run-format.md, "Checkpoints") and flush the tables."""
         if not self.is_main:
             return
-        self.writer.save_weights("last", self.module.state_dict())
         tensors, scalars = optimizer_to_tensors(self.optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
-        scalars.update(step=self.step, epoch=self.epoch, best_miou=self.best_miou, train_seconds=self.train_seconds)
-        self.writer.save_training_state(tensors, scalars)
+        optim = self.config.optim
+        scalars.update(
+            step=self.step,
+            epoch=self.epoch,
+            best_miou=self.best_miou,
+            train_seconds=self.train_seconds,
+            lr_schedule={"name": "poly", "base_lr": optim.lr, "total_steps": self.config.train.steps, "power": optim.poly_power,
+                         "warmup_steps": optim.warmup_steps, "lr": self.optimizer.param_groups[0]["lr"]},
+        )
+        save_checkpoint_set(self.run_dir, self.step, self.module.state_dict(), tensors, scalars)
+        self._saved_step = self.step
         self.writer.flush_tables()
 
     def train_step(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float], dict]:
@@ -349,28 +407,36 @@ class Trainer:
         dist.all_reduce(tensor)
         return {k: float(v) / self.world_size for k, v in zip(keys, tensor.tolist())}
 
-    def validate(self) -> dict[str, float]:
+    def validate(self) -> EvalResult:
         result = evaluate(self.module.model, self.val_loader(), self.num_classes, self.info.ignore_index, self.device, progress=False)
         self.module.train()
-        return result.summary()
+        return result
 
     def _log(self, window: dict[str, list[float]], seconds: list[float], records: dict, rank_rows: list[dict]) -> None:
         means = self._reduce({k: float(np.mean(v)) for k, v in window.items()})
         if self.config.train.log_all_ranks:
             rank_rows.append({"step": self.step, **{k: float(np.mean(v)) for k, v in window.items()}})
-            write_csv(self.run_dir / f"logs/rank{self.rank}.csv", pd.DataFrame(rank_rows))
+            write_csv(self.run_dir / layout.rank_log(self.rank), pd.DataFrame(rank_rows))
         if not self.is_main:
             return
         lr = self.optimizer.param_groups[0]["lr"]
-        self.writer.log_train({"step": self.step, "epoch": self.epoch, "lr": lr, **means, "sec_per_step": float(np.mean(seconds))})
+        row = {"step": self.step, "epoch": self.epoch, "lr": lr, **means, "sec_per_step": float(np.mean(seconds))}
+        self.writer.log_train(row)
+        if self.tensorboard is not None:
+            self.tensorboard.log_train(self.step, row)
         if records:
             self.writer.log_sampler(self.step, records)
         self.writer.flush_tables()
 
     def _validate_and_keep_best(self) -> None:
         if self.is_main:
-            stats = self.validate()
+            result = self.validate()
+            stats = result.summary()
             self.writer.log_val({"step": self.step, "epoch": self.epoch, **stats})
+            if self.tensorboard is not None:
+                self.tensorboard.log_val(self.step, stats, iou_per_class(result.confusion))
+            if self.snapshots is not None:
+                self.snapshots.record(self.step, self.module, stats["miou"])
             if stats["miou"] > self.best_miou:
                 self.best_miou = stats["miou"]
                 self.writer.save_weights("best", self.module.state_dict())
@@ -379,7 +445,24 @@ class Trainer:
             dist.barrier()
 
     def fit(self) -> Path:
-        """Train for ``train.steps`` steps (continuing from the last checkpoint when resuming)."""
+        """Train for ``train.steps`` steps (continuing from the newest checkpoint set when resuming), then export.
+
+        The main process holds the run's lock until it returns (docs/run-format.md, "Lock"). Ctrl-C or SIGTERM,
+        also during the final export, saves a checkpoint set (unless this step's is saved), stops the projection
+        child process and leaves status ``interrupted``; an error leaves ``failed`` with the message under ``error``.
+        """
+        lock = RunLock(self.run_dir, command=f"mscl train {self.run_dir}") if self.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._fit()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> Path:
         self._start_run()
         cfg = self.config.train
         total_steps = cfg.steps
@@ -422,26 +505,27 @@ class Trainer:
                         self.save_checkpoint()
                     if self.step >= total_steps:
                         break
+            bar.close()
+            if self.is_main:
+                self.writer.write_meta(status=RunStatus.EXPORTING, timing=self._timing())
+                self.export(checkpoint="last")
+                self.writer.write_meta(status=RunStatus.FINISHED, timing=self._timing())
         except KeyboardInterrupt:
             bar.close()
-            self.save_checkpoint()
+            if self._saved_step != self.step:
+                self.save_checkpoint()
             if self.is_main:
-                self.writer.write_meta(status="interrupted", timing=self._timing())
+                self.writer.write_meta(status=RunStatus.INTERRUPTED, timing=self._timing())
                 print(f"\ninterrupted at step {self.step}; continue with: mscl train --resume {self.run_dir}")
             raise
         except Exception as err:
             bar.close()
             if self.is_main:
-                self.writer.write_meta(status="failed", error=f"{type(err).__name__}: {err}", timing=self._timing())
+                self.writer.write_meta(status=RunStatus.FAILED, error=f"{type(err).__name__}: {err}", timing=self._timing())
             raise
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
-        bar.close()
-        if self.is_main:
-            self.writer.write_meta(status="exporting", timing=self._timing())
-            self.export(checkpoint="last")
-            self.writer.write_meta(status="finished", timing=self._timing())
         if self.distributed:
             dist.barrier()
         return self.run_dir
@@ -450,7 +534,8 @@ class Trainer:
         return {"train_seconds": self.train_seconds, "steps": self.step, "sec_per_step": self.train_seconds / max(1, self.step)}
 
     def export(self, checkpoint: str = "last") -> dict:
-        """Write eval/, predictions/, embeddings/ (and cached projections) from the current weights."""
+        """Write eval/, predictions/, embeddings/ as one unit from the current weights, then the projection cache
+        (``python -m workbench project`` in a child process, stopped if this process is interrupted)."""
         cfg = self.config.export
         summary = export_artifacts(
             self.run_dir,
@@ -468,17 +553,8 @@ class Trainer:
             progress=self.config.train.progress,
         )
         if cfg.project:
-            precompute_in_child_process(self.run_dir, self.config.seed)
+            project_in_child_process(self.run_dir, self.config.seed)
         return summary
-
-
-def precompute_in_child_process(run_dir: Path, seed: int) -> None:
-    """``mscl project RUN`` in a child process: UMAP's numba threads stay spinning in the process that ran
-    it and slowed any later training there several-fold (seen when one process trained several runs)."""
-    command = [sys.executable, "-m", "mscl.cli", "project", str(run_dir), "--seed", str(seed)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"precomputing projections for {run_dir} failed:\n{result.stderr[-2000:]}")
 
 
 def _in_main_thread() -> bool:
@@ -487,24 +563,3 @@ def _in_main_thread() -> bool:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def load_run_module(run_dir: str | Path, checkpoint: str = "last") -> tuple[Config, SegmentationWithProjectors]:
-    """Rebuild a run's model (and projectors, if it has them) from ``config.yaml`` and a checkpoint."""
-    run_dir = Path(run_dir)
-    config_path, meta_path = run_dir / "config.yaml", run_dir / "run.json"
-    for path in (config_path, meta_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory?")
-    config = load_config(config_path)
-    num_classes = len(json.loads(meta_path.read_text())["dataset"]["class_names"])
-    weights_path = run_dir / f"checkpoints/{checkpoint}.safetensors"
-    weights = read_safetensors(weights_path)
-    model = build_model(config.model.name, num_classes, encoder=config.model.encoder, **config.model.kwargs)
-    has_projectors = any(key.startswith("projectors.") for key in weights)
-    projectors = ProjectorSet(list(model.stage_channels), dim=config.loss.projector_dim) if has_projectors else None
-    module = SegmentationWithProjectors(model, projectors)
-    missing, unexpected = module.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{weights_path} does not match the model in {config_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return config, module

@@ -189,7 +189,7 @@ def export_figures(out: Path, figures_dir: Path, seed: int = 0) -> list[Path]:
         rows = projections.aligned_pixel_rows(pair)
         coords = projections.aligned_projections(items, method="pca", pixels=rows[0])
         panels = [figures.embedding_panel(run, stage, kind, xy, rows[pair.index(run)]) for (run, stage, kind), xy in zip(items, coords)]
-        figure = figures.embedding_panels(panels, class_names=pair[0].class_names, palette=pair[0].palette)
+        figure = figures.embedding_panels(panels, class_names=pair[0].class_names)
         written.append(figures.export_figure(figure, figures_dir / f"feature_spaces_{kind}_seed{seed}.png", format="png"))
     return written
 

@@ -25,8 +25,9 @@ RUN_FILES = [
     "metrics/val.csv",
     "checkpoints/last.safetensors",
     "checkpoints/best.safetensors",
-    "checkpoints/last_state.safetensors",
-    "checkpoints/last_state.json",
+    "checkpoints/set-00000006/weights.safetensors",
+    "checkpoints/set-00000006/state.safetensors",
+    "checkpoints/set-00000006/state.json",
     "eval/summary.json",
     "eval/per_class.csv",
     "eval/confusion.npy",
@@ -66,6 +67,8 @@ def small_config(root: Path, out: Path, name: str, preset: str = "ms+cs", steps:
         "export.project=false",
         "loss.projector_dim=16",
     ]
+    replaced = {text.split("=", 1)[0] for text in extra or []}  # load_config refuses a key given twice
+    overrides = [text for text in overrides if text.split("=", 1)[0] not in replaced]
     return load_config(resolve_config_path("synthetic-tiny"), overrides + (extra or []))
 
 
@@ -181,7 +184,7 @@ def test_resume_matches_uninterrupted_training(synthetic_root, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         Trainer(config).fit()
     assert json.loads((tmp_path / "resumed/run.json").read_text())["status"] == "interrupted"
-    assert json.loads((tmp_path / "resumed/checkpoints/last_state.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "resumed/checkpoints/set-00000003/state.json").read_text())["step"] == 3
     monkeypatch.setattr(Trainer, "train_step", original)
     Trainer(config, resume=True).fit()
 
