@@ -13,6 +13,9 @@ from app_pages import common
 
 st.set_page_config(page_title="MSCL Workbench", page_icon=":material/hub:", layout="wide")
 
-navigation = st.navigation([page.as_st_page() for page in common.PAGES])
+navigation = st.navigation([*(page.as_st_page() for page in common.PAGES),
+                            st.Page("app_pages/study.py", title="Study", icon=":material/analytics:", url_path="study"),
+                            st.Page("app_pages/dynamics.py", title="Training dynamics", icon=":material/timeline:",
+                                    url_path="dynamics")])
 common.render_sidebar()
 navigation.run()

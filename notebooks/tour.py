@@ -12,7 +12,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from workbench import crossscale, figures, iou, load_run, projections, sampler_stats, separability
+from workbench import crossscale, figures, iou, load_run, projections, sampler_stats, stage_separability
 
 ROOT = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent
 DEFAULT_A = ROOT / "sample_data/runs/synthetic-ce"
@@ -38,8 +38,8 @@ def build_tour(path_a: Path, path_b: Path) -> dict[str, go.Figure]:
         figures.embedding_panel(run, stage, kind, xy, rows[0 if run is a else 1])
         for (run, stage, kind), xy in zip(items, coords)
     ]
-    out["feature_spaces"] = figures.embedding_panels(panels, class_names=b.class_names, palette=b.palette)
-    table = separability.separability_table(b)
+    out["feature_spaces"] = figures.embedding_panels(panels, class_names=b.class_names)
+    table = stage_separability.separability_table(b)
     print(table.round(3).to_string(index=False))
 
     # 3. Cross-scale similarity: class prototypes of the finest vs the coarsest stage, CKA between stages,

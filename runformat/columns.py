@@ -17,6 +17,8 @@ SAMPLER_CLASS_COLUMNS = ("step", "stage", "class_id", "labelled", "sampled")
 PREDICTION_INDEX_COLUMNS = ("image_index", "image_id", "file")
 PIXEL_COLUMNS = ("pixel", "image_index", "image_id", "y", "x", "label", "prediction")
 SUMMARY_KEYS = ("split", "checkpoint", "step", "miou", "pixel_acc", "mean_acc", "num_images")
+EMBEDDING_KINDS = ("backbone", "projected")
+"""embeddings/stage<s>_<kind>.npy: backbone features of every run, projector outputs of runs with projectors."""
 EMBEDDING_META_KEYS = (
     "num_pixels", "stages", "strides", "backbone_dims", "projected_dims", "has_projector", "split", "checkpoint", "seed",
 )

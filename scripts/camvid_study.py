@@ -124,7 +124,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def summarize(out: Path) -> str:
-    from workbench import load_run, separability
+    from workbench import load_run, stage_separability
 
     rows, classes, separations = [], [], []
     for run_dir in sorted(p.parent for p in out.glob("*/run.json")):
@@ -138,7 +138,7 @@ def summarize(out: Path) -> str:
         per_class = run.per_class()[["class_name", "iou"]].assign(arm=arm, seed=int(seed))
         classes.append(per_class)
         if run.has("embeddings/pixels.parquet"):  # variant runs in git keep no embedding sample
-            table = separability.separability_table(run, kinds=("backbone",))
+            table = stage_separability.separability_table(run, kinds=("backbone",))
             separations.append(table.assign(arm=arm, seed=int(seed)))
     if not rows:
         raise SystemExit(f"no finished runs under {out}")

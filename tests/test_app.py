@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,17 +20,32 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from app_pages import common  # noqa: E402
 from fake_run import NUM_VAL_IMAGES, write_fake_run  # noqa: E402
-from workbench import crossscale, iou, sampler_stats, separability  # noqa: E402
+from test_security import emulate_read_only, files_under  # noqa: E402
+
+from app_pages import common  # noqa: E402
+from workbench import crossscale, iou, projections, sampler_stats, stage_separability  # noqa: E402
 from workbench.figures import find_browser  # noqa: E402
 from workbench.projections import precompute_projections  # noqa: E402
-from workbench.runs import MissingArtifactError, list_runs, load_run  # noqa: E402
+from workbench.runs import MissingArtifactError, load_run  # noqa: E402
 
 APP = str(REPO_ROOT / "app.py")
 SAMPLE_RUNS = REPO_ROOT / "sample_data" / "runs"
 PAGE_SCRIPTS = {page.url_path: page.script for page in common.PAGES}
 STAGES = 4
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Projection caches of shipped and read-only runs go to a temporary user cache, never the user's own."""
+    folder = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv(projections.CACHE_ENV_VAR, str(folder))
+    return folder
+
+
+def unescaped(markdown: str) -> str:
+    """Markdown source with its backslash escapes resolved (the text a reader sees)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 @pytest.fixture(scope="module")
@@ -98,27 +114,6 @@ def test_default_runs_root_prefers_cli_then_env_then_sample_data(tmp_path: Path)
     assert common.default_runs_root([], {}) == REPO_ROOT / "sample_data" / "runs"
 
 
-def test_default_pair_takes_baseline_as_a_and_same_setup_as_b(runs_root: Path) -> None:
-    table = list_runs(runs_root)
-    run_a, run_b = common.default_pair(table)
-    assert run_a == path_of(runs_root, "baseline")
-    assert run_b == path_of(runs_root, "contrastive")
-    assert common.default_pair(table.iloc[:0]) == (None, common.NO_RUN_B)
-    assert common.default_pair(table[table["name"] == name_of(runs_root, "baseline")]) == (run_a, common.NO_RUN_B)
-
-
-def test_default_pair_prefers_a_finished_mscs_run_as_b() -> None:
-    table = pd.DataFrame({
-        "path": ["ce-s0", "ce-s1", "ms-s0", "mscs-s1", "mscs-s0"],
-        "status": ["finished", "finished", "finished", "running", "finished"],
-        "loss_preset": ["ce", "ce", "ms", "ms+cs", "ms+cs"],
-        "dataset": ["camvid"] * 5,
-        "model": ["deeplabv3"] * 5,
-    })
-    assert common.default_pair(table) == ("ce-s0", "mscs-s0")
-    assert common.default_pair(table.iloc[:3]) == ("ce-s0", "ms-s0")
-
-
 def test_missing_artifact_message_names_file_and_hint(tmp_path: Path) -> None:
     error = MissingArtifactError(tmp_path, "sampler/steps.parquet", "written by `mscl train`")
     message = common.missing_artifact_message(error, "my-run")
@@ -163,7 +158,7 @@ def test_runs_page_shows_both_runs_and_every_loss_part(runs_root: Path, monkeypa
     app = open_app(runs_root, monkeypatch, page="runs")
     assert_clean(app)
     shown_miou = [metric.value for metric in app.metric if metric.label == "val mIoU"]
-    expected = [f"{load_run(runs_root / name).eval_summary()['miou']:.4f}" for name in ("baseline", "contrastive")]
+    expected = [f"{100 * load_run(runs_root / name).eval_summary()['miou']:.2f} %" for name in ("baseline", "contrastive")]
     assert shown_miou == expected
     training, validation = plotly_specs(app)
     titles = {annotation["text"] for annotation in training["layout"]["annotations"]}
@@ -183,7 +178,7 @@ def test_feature_spaces_page_draws_every_stage_of_both_runs(runs_root: Path, mon
     assert len({trace.get("xaxis", "x") for trace in spec["data"]}) == 2 * STAGES
     tables = [frame.value for frame in app.dataframe]
     assert len(tables) == 2
-    expected = separability.separability_table(load_run(runs_root / "contrastive"), kinds=("backbone",))
+    expected = stage_separability.separability_table(load_run(runs_root / "contrastive"), kinds=("backbone",))
     np.testing.assert_allclose(tables[1].loc["silhouette"].to_numpy(), expected["silhouette"].to_numpy(), rtol=1e-6)
     assert list(tables[1].columns) == ["stage 0", "stage 1", "stage 2", "stage 3"]
     assert tables[1].loc["trustworthiness"].between(0.0, 1.0).all()
@@ -239,7 +234,7 @@ def test_iou_page_compares_classes_confusions_and_images(runs_root: Path, monkey
     per_class, per_image = (frame.value for frame in app.dataframe)
     expected = iou.per_class_iou_diff(load_run(runs_root / "baseline"), load_run(runs_root / "contrastive"))
     assert per_class["class_name"].tolist() == expected["class_name"].tolist()
-    np.testing.assert_allclose(per_class["diff"].to_numpy(), expected["diff"].to_numpy())
+    np.testing.assert_allclose(per_class["diff"].to_numpy(), 100 * expected["diff"].to_numpy())
     assert len(per_image) == NUM_VAL_IMAGES and per_image["diff"].is_monotonic_decreasing
     specs = plotly_specs(app)
     heatmaps = [spec for spec in specs if spec["data"][0]["type"] == "heatmap"]
@@ -268,7 +263,7 @@ def test_predictions_page_shows_shared_images(runs_root: Path, monkeypatch: pyte
     assert_clean(app)
     expected = [load_run(runs_root / folder).per_image().set_index("image_id").loc[image_ids[-1], "miou"]
                 for folder in ("baseline", "contrastive")]
-    assert [metric.value for metric in app.metric] == [f"{value:.3f}" for value in expected]
+    assert [metric.value for metric in app.metric] == [f"{100 * value:.1f} %" for value in expected]
 
 
 @pytest.mark.parametrize("page", list(PAGE_SCRIPTS))
@@ -352,3 +347,196 @@ def test_committed_runs_render_every_page(monkeypatch: pytest.MonkeyPatch, folde
     app = open_app(folder, monkeypatch, page=page)
     assert_clean(app)
     assert plotly_specs(app)
+
+
+# ------------------------------------------------------------------------------------ hostile or broken runs
+
+
+def test_run_metadata_is_shown_as_text_not_markdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = write_fake_run(tmp_path / "hostile", seed=5, stages=STAGES)
+    meta = json.loads((run / "run.json").read_text())
+    meta["name"] = "[click me](https://example.com/phish) ![x](https://example.com/t.png)"
+    meta["dataset"]["name"] = "<b>bold</b> :red[red] $x^2$"
+    meta["model"]["encoder"] = "**enc**`x`"
+    (run / "run.json").write_text(json.dumps(meta))
+    app = open_app(tmp_path, monkeypatch, page="runs")
+    assert_clean(app)
+    sources = [element.value for element in (*app.markdown, *app.subheader, *app.caption)]
+    shown = "\n".join(sources)
+    for raw in ("[click me](https://", "![x](", "<b>", ":red[", "$x^2$", "**enc**"):
+        assert raw not in shown, raw
+    assert any(source.startswith(r"\[click me\]\(https\://example.com/phish\) \!\[x\]") for source in sources)
+    description = next(source for source in sources if source.startswith("**status**"))
+    assert r"**dataset** \<b\>bold\</b\> \:red\[red\] \$x^2\$" in description
+    assert r"/ \*\*enc\*\*\`x\`," in description
+    assert meta["dataset"]["name"] in unescaped(description)
+
+
+def test_broken_runs_are_listed_as_invalid_and_the_others_stay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = write_fake_run(tmp_path / "good", seed=0, stages=STAGES)
+    latin1 = write_fake_run(tmp_path / "latin1", seed=1, stages=STAGES)
+    raw = (latin1 / "run.json").read_text().replace("fake", "f\u00e4ke").encode("latin-1")
+    (latin1 / "run.json").write_bytes(raw)
+    bad_byte = raw.index(b"\xe4")
+    typed = write_fake_run(tmp_path / "typed", seed=2, stages=STAGES)
+    meta = json.loads((typed / "run.json").read_text())
+    meta["timing"]["train_seconds"] = "an hour"
+    (typed / "run.json").write_text(json.dumps(meta))
+    write_fake_run(tmp_path / "group" / "locked", seed=3, stages=STAGES)
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):
+        if self.name == "group":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    app = open_app(tmp_path, monkeypatch, page="runs")
+    assert not app.exception, [item.value for item in app.exception]
+    assert app.selectbox(key="run_a").value == path_of(tmp_path, "good")
+    assert len(app.selectbox(key="run_a").options) == 1
+    (expander,) = app.sidebar.expander
+    assert expander.label == "3 run(s) cannot be read"
+    reasons = sorted(unescaped(error.value) for error in expander.error)
+    assert reasons == sorted([
+        f"**group**: {tmp_path / 'group'}: cannot be read (Permission denied)",
+        f"**latin1**: {latin1 / 'run.json'}: run.json: not UTF-8 text (byte {bad_byte}: invalid continuation byte); "
+        "save it as UTF-8 JSON",
+        f"**typed**: {typed / 'run.json'}: run.json: key 'timing.train_seconds' must be a number, got 'an hour'",
+    ])
+    assert [metric.value for metric in app.metric][:1] == [f"{100 * load_run(good).eval_summary()['miou']:.2f} %"]
+
+
+def test_corrupt_prediction_archive_shows_a_message_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = write_fake_run(tmp_path / "corrupt", seed=6, stages=STAGES)
+    archive = run / "predictions" / "val_000.npz"
+    archive.write_bytes(archive.read_bytes()[:200])  # a zip archive cut short: no central directory
+    app = open_app(tmp_path, monkeypatch, page="predictions")
+    assert not app.exception, [item.value for item in app.exception]
+    (error,) = app.error
+    assert unescaped(error.value).startswith("predictions/val_000.npz: cannot be read as a NumPy .npz archive (")
+
+
+def test_sampler_tables_without_rows_show_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = write_fake_run(tmp_path / "fresh", seed=7, stages=STAGES)
+    for table in ("steps", "class_counts"):
+        path = run / "sampler" / f"{table}.parquet"
+        pd.read_parquet(path).iloc[:0].to_parquet(path, index=False)
+    app = open_app(tmp_path, monkeypatch, page="sampler")
+    assert_clean(app)
+    (info,) = app.info
+    assert info.value == ("Run **fake-ms+cs-7**: `sampler/steps.parquet` has no rows yet; the sampler adds rows "
+                          "at every logged training step (`train.log_every`).")
+    assert not plotly_specs(app)
+
+
+def test_read_only_run_folder_draws_feature_spaces_from_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      user_cache: Path) -> None:
+    run = write_fake_run(tmp_path / "runs" / "shared", seed=8, stages=STAGES)
+    before = files_under(run)
+    emulate_read_only(monkeypatch, run)
+    app = open_app(tmp_path / "runs", monkeypatch, page="feature-spaces")
+    assert_clean(app)
+    (spec,) = plotly_specs(app)
+    assert len({trace.get("xaxis", "x") for trace in spec["data"]}) == STAGES
+    assert files_under(run) == before
+    assert list((user_cache / "projections").glob("fake-ms_cs-8-*/aligned-*.npz"))
+
+
+# ------------------------------------------------------------------------------------ readability and run choice
+
+
+def set_created(run: Path, created: str) -> None:
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "created": created, "updated": created}))
+
+
+def test_validation_chart_draws_a_single_validation_as_a_marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = write_fake_run(tmp_path / "once", seed=9, stages=STAGES)
+    val = pd.read_csv(run / "metrics" / "val.csv").iloc[:1]
+    val.to_csv(run / "metrics" / "val.csv", index=False)
+    app = open_app(tmp_path, monkeypatch, page="runs")
+    assert_clean(app)
+    validation = plotly_specs(app)[-1]
+    assert [annotation["text"] for annotation in validation["layout"]["annotations"]] == [
+        "val mIoU (%)", "pixel accuracy (%)", "mean class accuracy (%)"]
+    miou = next(trace for trace in validation["data"] if trace.get("yaxis", "y") == "y")
+    assert "markers" in miou["mode"]
+    np.testing.assert_allclose(plotly_array(miou["y"]), [100 * val["miou"].iloc[0]])
+
+
+def test_run_pickers_label_runs_uniquely_and_start_with_the_newest_ce_and_contrastive_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same-named runs of different variants get different labels (path · loss · mIoU % · config difference);
+    A and B default to the newest ce and the newest contrastive run, not the alphabetically first ones."""
+    older_ce = write_fake_run(tmp_path / "ce-a", seed=0, stages=STAGES, with_projector=False)
+    newer_ce = write_fake_run(tmp_path / "ce-b", seed=0, stages=STAGES, with_projector=False)
+    tau = write_fake_run(tmp_path / "tau0.2" / "mscs-s0", seed=1, stages=STAGES)
+    base = write_fake_run(tmp_path / "w0.3" / "mscs-s0", seed=1, stages=STAGES)
+    config = (tau / "config.yaml").read_text()
+    (tau / "config.yaml").write_text(config.replace("temperature: 0.1", "temperature: 0.2"))
+    for run, created in ((older_ce, "2024-01-01"), (newer_ce, "2024-03-01"), (tau, "2024-02-01"), (base, "2024-04-01")):
+        set_created(run, f"{created}T00:00:00+00:00")
+    app = open_app(tmp_path, monkeypatch)
+    assert_clean(app)
+    assert app.selectbox(key="run_a").value == str(newer_ce.resolve())
+    assert app.selectbox(key="run_b").value == str(base.resolve())
+    labels = app.selectbox(key="run_a").options
+    assert len(set(labels)) == len(labels) == 4
+    tau_miou = 100 * load_run(tau).eval_summary()["miou"]
+    assert f"tau0.2/mscs-s0 · ms+cs · mIoU {tau_miou:.1f} % · temperature 0.2" in labels
+    assert any(label.startswith("w0.3/mscs-s0 · ms+cs · mIoU ") for label in labels)
+    assert app.selectbox(key="run_b").options[0] == "— none —"
+
+
+def test_feature_spaces_hint_works_for_a_run_without_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = write_fake_run(tmp_path / "shipped", seed=3, stages=STAGES, missing=("embeddings", "checkpoints"))
+    app = open_app(tmp_path, monkeypatch, page="feature-spaces")
+    assert_clean(app)
+    (warning,) = app.warning
+    assert unescaped(warning.value) == (
+        f"Run **{name_of(tmp_path, 'shipped')}** has no `embeddings/meta.json`. This run has no checkpoint (its "
+        "`checkpoints/` folder was not shipped or copied with it), so `mscl export` and `mscl eval` cannot make it; train "
+        f"the run again with `mscl train --config {run.resolve()}/config.yaml --out runs` (the new run is exported when "
+        "training ends) or pick a run that has it.")
+
+
+def test_model_line_names_a_built_in_encoder_and_shows_percent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = write_fake_run(tmp_path / "tiny", seed=2, stages=STAGES)
+    meta = json.loads((run / "run.json").read_text())
+    meta["model"]["encoder"] = None
+    (run / "run.json").write_text(json.dumps(meta))
+    app = open_app(tmp_path, monkeypatch, page="runs")
+    assert_clean(app)
+    description = next(element.value for element in app.markdown if element.value.startswith("**status**"))
+    assert "**model** tiny / built-in encoder, strides" in description
+    summary = load_run(run).eval_summary()
+    assert [metric.value for metric in app.metric][:2] == [f"{100 * summary['miou']:.2f} %",
+                                                           f"{100 * summary['pixel_acc']:.2f} %"]
+    label = app.selectbox(key="run_a").options[0]
+    assert label == f"tiny · ms+cs · mIoU {100 * summary['miou']:.1f} %"
+
+
+@pytest.mark.parametrize(("page", "charts_of_b"), [("sampler", 3), ("cross-scale", 1)])
+def test_run_b_gets_the_page_when_run_a_has_no_sampler_or_projector(runs_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    page: str, charts_of_b: int) -> None:
+    """A cross-entropy run as A: a one-line note for it, and the contrastive run B draws across the full width
+    (its figures in a single column), not in half of the page next to an empty one."""
+    app = open_app(runs_root, monkeypatch, page=page)
+    assert_clean(app)
+    baseline = name_of(runs_root, "baseline")
+    assert any(baseline in note.value for note in (*app.warning, *app.info))
+    drawing = [(column.weight, len(column.get("plotly_chart"))) for column in app.main.columns if column.get("plotly_chart")]
+    assert drawing[0] == (1.0, charts_of_b)
+
+
+def test_shipped_runs_get_no_new_files(monkeypatch: pytest.MonkeyPatch, user_cache: Path) -> None:
+    """A map the shipped runs do not cache (PCA of stages 0 and 1, aligned) is computed into the user cache, not into
+    sample_data/."""
+    before = files_under(SAMPLE_RUNS)
+    app = open_app(SAMPLE_RUNS, monkeypatch, page="feature-spaces")
+    app.button_group(key="space-stages").set_value([0, 1]).run()
+    assert_clean(app)
+    assert plotly_specs(app)
+    assert files_under(SAMPLE_RUNS) == before
+    assert list((user_cache / "projections").glob("synthetic-*/aligned-*.npz"))

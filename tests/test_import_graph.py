@@ -34,10 +34,24 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
 
 
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """Ids of the nodes under ``if TYPE_CHECKING:`` (imported for annotations only, never at run time)."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(child) for statement in node.body for child in ast.walk(statement))
+    return skipped
+
+
 def _imports(path: Path, module: str, is_package: bool) -> set[str]:
-    """Every module name an import statement in ``path`` names (anywhere in the file)."""
+    """Every module name an import statement in ``path`` names (anywhere in the file, annotation-only imports
+    under ``if TYPE_CHECKING:`` left out)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skipped = _type_checking_nodes(tree)
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -11,11 +11,11 @@ from workbench.separability import (
     alignment,
     intra_inter_cosine,
     knn_accuracy,
-    separability_table,
     silhouette,
     trustworthiness,
     uniformity,
 )
+from workbench.stage_separability import separability_table
 
 
 def blobs(seed: int = 0, classes: int = 4, per_class: int = 50, dim: int = 16, spread: float = 0.1):
