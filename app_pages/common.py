@@ -1,8 +1,9 @@
 """Pieces shared by every page: the page list, the sidebar run picker, cached workbench calls, figure
 export buttons and the message shown when a run lacks an artifact.
 
-Nothing here computes an analysis result: the cached wrappers only call ``workbench`` functions with
-run paths, so Streamlit can key its caches on plain values (run path + a stamp that changes whenever
+Nothing here computes an analysis result: which runs to show and how to name them come from
+``workbench.selection``, everything else from the other ``workbench`` modules; the cached wrappers only call
+them with run paths, so Streamlit can key its caches on plain values (run path + a stamp that changes whenever
 the run directory changes).
 """
 
@@ -11,21 +12,22 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from workbench import figures, projections, runs, separability
-from workbench.runs import EMBEDDING_KINDS, MissingArtifactError, Run, RunFormatError
+from workbench import figures, runs
+from workbench import selection as run_selection
+from workbench.runs import MissingArtifactError, Run, RunFormatError
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_ROOT = APP_DIR / "sample_data" / "runs"
@@ -64,6 +66,30 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("app_pages/predictions.py", "Predictions", ":material/image:", "predictions"),
 )
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#|~$:!])")
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
+
+def md(value: object) -> str:
+    """``value`` as literal text inside Streamlit markdown (and widget labels, which read markdown too).
+
+    Run names, dataset and encoder names, class names and error texts come from files anyone can write: every
+    character that starts markdown, HTML, a link or image, Streamlit's ``:color[...]`` directives or LaTeX
+    (``$``) is backslash-escaped (CommonMark renders ``\\x`` as ``x``), and line breaks become spaces, so such a
+    value can neither format the page nor add links or images to it.
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(value)))
+
+
+def md_code(value: object) -> str:
+    """``value`` as an inline code span: fenced by one more backtick than its longest backtick run (CommonMark),
+    so a name holding backticks cannot close the span early; line breaks become spaces."""
+    text = _LINE_BREAKS.sub(" ", str(value))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    padding = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{padding}{text}{padding}{fence}"
+
+
 NAN_IOU_NOTE = (
     "IoU_c = TP / (TP + FP + FN) over the whole split. A class absent from both the ground truth and the "
     "prediction has no IoU (NaN) and is left out of the mean."
@@ -84,26 +110,6 @@ def default_runs_root(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
     return Path(chosen).expanduser().resolve() if chosen else DEFAULT_RUNS_ROOT
 
 
-def default_pair(run_table: pd.DataFrame) -> tuple[str | None, str]:
-    """Paths of the runs selected at start: A is a cross-entropy baseline when the folder has one (else
-    the first run), B another run of the same dataset and model, preferring a finished ms+cs run, then ms,
-    then any (else the first other run, else none). ``run_table`` is ``workbench.runs.list_runs`` output."""
-    if run_table.empty:
-        return None, NO_RUN_B
-    baselines = run_table[run_table["loss_preset"] == "ce"]
-    first_a = baselines.iloc[0] if not baselines.empty else run_table.iloc[0]
-    others = run_table[run_table["path"] != first_a["path"]]
-    if others.empty:
-        return str(first_a["path"]), NO_RUN_B
-    same_setup = others[(others["dataset"] == first_a["dataset"]) & (others["model"] == first_a["model"])]
-    candidates = same_setup if not same_setup.empty else others
-    preference = {"ms+cs": 0, "ms": 1}
-    ranked = candidates.assign(
-        _preset=candidates["loss_preset"].map(preference).fillna(2), _unfinished=candidates["status"] != "finished"
-    ).sort_values(["_unfinished", "_preset"], kind="stable")
-    return str(first_a["path"]), str(ranked.iloc[0]["path"])
-
-
 def run_stamp(path: str | Path) -> int:
     """A number that changes whenever a file is added to, replaced in or removed from the run directory
     (atomic writes rename into place, which updates the folder's mtime). The projection cache folder is
@@ -114,28 +120,38 @@ def run_stamp(path: str | Path) -> int:
 
 @dataclass(frozen=True)
 class RunSelection:
-    """The runs chosen in the sidebar: the folder, run A (or none when the folder is empty), run B."""
+    """The runs chosen in the sidebar: the folder, run A (or none when the folder is empty), run B, and the
+    picker label of every readable run of the folder (``workbench.selection.run_labels``)."""
 
     root: Path
     table: pd.DataFrame
     run_a: Run | None
     run_b: Run | None
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def runs(self) -> list[Run]:
         return [run for run in (self.run_a, self.run_b) if run is not None]
 
     def labelled(self) -> list[tuple[str, Run]]:
-        """``(label, run)`` for A and B; labels are the run names, prefixed with A/B when they clash."""
+        """``(label, run)`` for A and B (``workbench.selection.short_labels``: names, or paths when names clash)."""
         selected = self.runs
-        if len(selected) == 2 and selected[0].name == selected[1].name:
-            return [(f"A: {selected[0].name}", selected[0]), (f"B: {selected[1].name}", selected[1])]
-        return [(run.name, run) for run in selected]
+        return list(zip(run_selection.short_labels(selected, self.root), selected))
+
+    def label(self, path: str) -> str:
+        """The picker label of the run at ``path`` (its path when the folder listing does not have it)."""
+        return "— none —" if path == NO_RUN_B else self.labels.get(path, path)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
 def cached_run_table(root: str) -> pd.DataFrame:
     return runs.list_runs(root)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def cached_run_labels(root: str, table: pd.DataFrame) -> dict[str, str]:
+    """``workbench.selection.run_labels`` of the readable runs of ``root`` (reads every run's config.yaml)."""
+    return run_selection.run_labels(table, root)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -146,15 +162,6 @@ def cached_run(path: str, stamp: int) -> Run:
 
 def get_run(path: str) -> Run:
     return cached_run(path, run_stamp(path))
-
-
-def run_label(table: pd.DataFrame, path: str) -> str:
-    if path == NO_RUN_B:
-        return "— none —"
-    row = table[table["path"].astype(str) == path].iloc[0]
-    miou = row.get("miou")
-    score = f" · mIoU {miou:.3f}" if miou is not None and pd.notna(miou) else ""
-    return f"{row['name']} · {row['loss_preset']}{score}"
 
 
 def _keep_valid(key: str, options: list[str], fallback: str | None) -> None:
@@ -175,12 +182,14 @@ def render_sidebar() -> RunSelection:
     root = Path(st.session_state["runs_root"]).expanduser()
     table = pd.DataFrame(columns=["path", "name", "status", "dataset", "model", "loss_preset", "miou"])
     if not root.is_dir():
-        sidebar.warning(f"`{root}` is not a folder.")
+        sidebar.warning(f"{md_code(root)} is not a folder.")
     else:
         listed = cached_run_table(str(root.resolve()))
         invalid = listed[listed["status"] == "invalid"]
-        for message in invalid["error"]:
-            sidebar.error(message, icon=":material/error:")
+        if not invalid.empty:
+            with sidebar.expander(f"{len(invalid)} run(s) cannot be read", icon=":material/error:"):
+                for path, message in zip(invalid["path"], invalid["error"]):
+                    st.error(f"**{md(Path(path).name)}**: {md(message)}")
         table = listed[listed["status"] != "invalid"].reset_index(drop=True)
     if table.empty:
         sidebar.info(
@@ -192,17 +201,20 @@ def render_sidebar() -> RunSelection:
         return selection
 
     paths = [str(path) for path in table["path"]]
-    default_a, default_b = default_pair(table)
+    labels = cached_run_labels(str(root.resolve()), table)
+    default_a, default_b = run_selection.default_pair(table)
     _keep_valid("run_a", paths, default_a)
-    _keep_valid("run_b", [NO_RUN_B, *paths], default_b)
-    sidebar.selectbox("Run A", paths, key="run_a", format_func=lambda path: run_label(table, path),
-                      help="Usually the cross-entropy baseline.")
-    sidebar.selectbox("Run B (optional)", [NO_RUN_B, *paths], key="run_b", format_func=lambda path: run_label(table, path),
-                      help="Usually the ms+cs run of the same model; every page compares A with B.")
+    _keep_valid("run_b", [NO_RUN_B, *paths], default_b or NO_RUN_B)
+    picker = RunSelection(root=root, table=table, run_a=None, run_b=None, labels=labels)
+    sidebar.selectbox("Run A", paths, key="run_a", format_func=picker.label,
+                      help="Defaults to the newest cross-entropy baseline. Labels: path in the runs folder · loss · "
+                           "final val mIoU · config values that set the run apart.")
+    sidebar.selectbox("Run B (optional)", [NO_RUN_B, *paths], key="run_b", format_func=picker.label,
+                      help="Defaults to the newest contrastive (ms+cs or ms) run; every page compares A with B.")
     run_a = _load_or_report(st.session_state["run_a"], sidebar)
     run_b = _load_or_report(st.session_state["run_b"], sidebar) if st.session_state["run_b"] else None
-    sidebar.caption(f"{len(table)} run(s) in `{root}`")
-    selection = RunSelection(root=root, table=table, run_a=run_a, run_b=run_b)
+    sidebar.caption(f"{len(table)} run(s) in {md_code(root)}")
+    selection = RunSelection(root=root, table=table, run_a=run_a, run_b=run_b, labels=labels)
     st.session_state["selection"] = selection
     return selection
 
@@ -211,7 +223,7 @@ def _load_or_report(path: str, container: Any) -> Run | None:
     try:
         return get_run(path)
     except (RunFormatError, OSError) as error:
-        container.error(f"Cannot read run `{path}`: {error}")
+        container.error(f"Cannot read run {md_code(path)}: {md(error)}")
         return None
 
 
@@ -236,7 +248,7 @@ def require_runs() -> RunSelection:
 def missing_artifact_message(error: MissingArtifactError, run_name: str) -> str:
     """The text shown for a missing artifact: which run, which file and how to produce it."""
     hint = error.hint[:1].upper() + error.hint[1:]
-    return f"Run **{run_name}** has no `{error.artifact}`. {hint.rstrip('.')}."
+    return f"Run **{md(run_name)}** has no {md_code(error.artifact)}. {hint.rstrip('.')}."
 
 
 def _name_of_run_at(path: Path) -> str:
@@ -252,14 +264,18 @@ def _name_of_run_at(path: Path) -> str:
 def artifact_guard(run_name: str | None = None) -> Iterator[None]:
     """Run a section of a page; when a run lacks a file, show which one and how to produce it instead of
     a traceback, and continue with the rest of the page. Malformed files and runs that cannot be compared
-    (``RunFormatError``, ``ValueError`` from workbench, e.g. different class lists) show their message."""
+    (``RunFormatError``, ``ValueError`` from workbench, e.g. different class lists) show their message, files
+    the app may not read (``OSError``) the file and the reason."""
+    owner = f"Run **{md(run_name)}**: " if run_name else ""
     try:
         yield
     except MissingArtifactError as error:
         st.warning(missing_artifact_message(error, _name_of_run_at(error.run_path)), icon=":material/folder_off:")
     except (RunFormatError, ValueError) as error:
-        owner = f"Run **{run_name}**: " if run_name else ""
-        st.error(f"{owner}{error}", icon=":material/error:")
+        st.error(f"{owner}{md(error)}", icon=":material/error:")
+    except OSError as error:
+        st.error(f"{owner}cannot read {md_code(error.filename or '?')}: {md(error.strerror or error)}",
+                 icon=":material/error:")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,32 +329,7 @@ def cached_call(function: Callable[..., Any], runs_first: Sequence[Run], *args: 
 
 
 # --------------------------------------------------------------------------------------------------
-# Small compositions shared by several pages
-
-
-def shared_prediction_ids(selected: Sequence[Run]) -> list[str]:
-    """Prediction image ids saved by every selected run, in the first run's order."""
-    common_ids = set.intersection(*(set(run.prediction_ids()) for run in selected))
-    return [image_id for image_id in selected[0].prediction_ids() if image_id in common_ids]
-
-
-def shared_dense_ids(selected: Sequence[Run]) -> list[str]:
-    """Image ids with dense feature maps in every selected run, in the first run's order."""
-    common_ids = set.intersection(*(set(run.dense_ids()) for run in selected))
-    return [image_id for image_id in selected[0].dense_ids() if image_id in common_ids]
-
-
-def embedding_kinds(selected: Sequence[Run]) -> list[str]:
-    """Embedding kinds any selected run has, ``backbone`` first."""
-    found = {kind for run in selected for kind in run.embedding_kinds()}
-    return [kind for kind in EMBEDDING_KINDS if kind in found]
-
-
-def embedding_widths(run: Run, kind: str) -> dict[int, int]:
-    """Channels of the exported ``kind`` embeddings per stage (embeddings/meta.json)."""
-    meta = run.embedding_meta()
-    dims = meta["backbone_dims"] if kind == "backbone" else meta["projected_dims"]
-    return {int(stage): int(dim) for stage, dim in zip(meta["stages"], dims)}
+# Figures shared by several pages
 
 
 def show_prediction(labelled: Sequence[tuple[str, Run]], image_id: str, key: str) -> None:
@@ -351,85 +342,13 @@ def show_prediction(labelled: Sequence[tuple[str, Run]], image_id: str, key: str
 
 
 def palette_legend(run: Run) -> None:
-    """The dataset's class colours as a row of swatches."""
-    swatch_style = "display:inline-block;width:0.9em;height:0.9em;border-radius:2px;vertical-align:middle"
+    """The dataset's class colours (those of the label images) as a row of swatches, each outlined so a light colour
+    stays visible on a white page."""
+    swatch_style = ("display:inline-block;width:0.9em;height:0.9em;border-radius:2px;vertical-align:middle;"
+                    "border:1px solid rgba(0,0,0,0.45)")
     swatches = " ".join(
         f'<span style="white-space:nowrap;margin-right:0.8em"><span style="{swatch_style};'
         f'background:rgb({r},{g},{b})"></span> {html.escape(name)}</span>'
         for name, (r, g, b) in zip(run.class_names, run.palette.tolist())
     )
     st.markdown(f"<div style='font-size:0.85em;line-height:1.8'>{swatches}</div>", unsafe_allow_html=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Feature-space compositions (2-D maps from ``workbench.projections``)
-
-
-def default_embedding_kind(selected: Sequence[Run]) -> str:
-    """``projected`` when every selected run has projectors, else ``backbone`` (comparable across runs)."""
-    return "projected" if all("projected" in run.embedding_kinds() for run in selected) else "backbone"
-
-
-def _own_pixel_rows(run: Run) -> np.ndarray:
-    return projections.select_pixels(run, max_points=projections.DEFAULT_MAX_POINTS, seed=projections.DEFAULT_SEED)
-
-
-def _shared_pixel_rows(*selected: Run) -> list[np.ndarray]:
-    return projections.aligned_pixel_rows(list(selected), seed=projections.DEFAULT_SEED,
-                                          max_points=projections.DEFAULT_MAX_POINTS)
-
-
-def own_pixel_rows(run: Run) -> np.ndarray:
-    """The class-balanced embedding rows ``precompute_projections`` maps (so default maps hit the cache)."""
-    return cached_call(_own_pixel_rows, [run])
-
-
-def shared_pixel_rows(selected: Sequence[Run]) -> list[np.ndarray] | None:
-    """Rows per run that are the same (image_id, y, x) pixels in every run, or None when fewer than 3 match."""
-    try:
-        return cached_call(_shared_pixel_rows, list(selected))
-    except ValueError:
-        return None
-
-
-def maps_are_cached(run: Run, stages: Sequence[int], kind: str, method: str, rows: np.ndarray, align: bool) -> bool:
-    """Whether ``stage_maps`` with these arguments will read the on-disk projection cache."""
-    seed = projections.DEFAULT_SEED
-    if align and len(stages) > 1:
-        items = [(run, stage, kind) for stage in stages]
-        return projections.aligned_cache_path(items, method, pixels=rows, seed=seed).is_file()
-    return all(projections.projection_cache_path(run, stage, kind, method, pixels=rows, seed=seed).is_file()
-               for stage in stages)
-
-
-def default_map_method(run: Run, kind: str, stages: Sequence[int], options: Sequence[str]) -> str:
-    """The first method in ``options`` whose default view (all stages, aligned) is cached; else PCA (fast)."""
-    rows = own_pixel_rows(run)
-    for method in options:
-        if maps_are_cached(run, stages, kind, method, rows, align=True):
-            return method
-    return "pca"
-
-
-def _stage_maps(run: Run, stages: tuple[int, ...], kind: str, method: str, rows: np.ndarray,
-                align: bool) -> list[np.ndarray]:
-    seed = projections.DEFAULT_SEED
-    if align and len(stages) > 1:
-        return projections.aligned_projections([(run, stage, kind) for stage in stages], method, pixels=rows, seed=seed)
-    return [projections.projection(run, stage, kind, method, pixels=rows, seed=seed) for stage in stages]
-
-
-def stage_maps(run: Run, stages: tuple[int, ...], kind: str, method: str, rows: np.ndarray,
-               align: bool) -> list[np.ndarray]:
-    """2-D maps of embedding ``rows`` for each stage (aligned across stages or one by one), default
-    parameters, read from / written to the run's projection cache."""
-    return cached_call(_stage_maps, [run], stages, kind, method, rows, align)
-
-
-def _map_trustworthiness(run: Run, stage: int, kind: str, rows: np.ndarray, coords: np.ndarray) -> float:
-    return separability.trustworthiness(run.embeddings(stage, kind)[rows], coords)
-
-
-def map_trustworthiness(run: Run, stage: int, kind: str, rows: np.ndarray, coords: np.ndarray) -> float:
-    """Trustworthiness of the 2-D map ``coords`` of embedding ``rows`` (``workbench.separability``)."""
-    return cached_call(_map_trustworthiness, [run], stage, kind, rows, coords)

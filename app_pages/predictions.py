@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import common
+from workbench import selection as run_selection
 from workbench.runs import Run
 
 
@@ -15,8 +16,8 @@ def _image_scores(labelled: list[tuple[str, Run]], image_id: str) -> None:
         with column, common.artifact_guard(label):
             per_image = run.per_image()
             row = per_image[per_image["image_id"] == image_id]
-            value = f"{row['miou'].iloc[0]:.3f}" if not row.empty else "—"
-            column.metric(f"mIoU of this image · {label}", value,
+            value = f"{100 * row['miou'].iloc[0]:.1f} %" if not row.empty else "—"
+            column.metric(f"mIoU of this image · {common.md(label)}", value,
                           help="From eval/per_image.csv; classes absent from both ground truth and prediction "
                                "are left out of the image's mean.")
 
@@ -28,7 +29,7 @@ def render() -> None:
     selection = common.require_runs()
     labelled = selection.labelled()
     with common.artifact_guard():
-        image_ids = common.shared_prediction_ids(selection.runs)
+        image_ids = run_selection.shared_prediction_ids(selection.runs)
         if not image_ids:
             st.info("The selected runs have no prediction image in common (predictions/index.csv).")
             return

@@ -10,35 +10,45 @@ from workbench import figures
 from workbench.runs import Run
 
 
+def _number(value: float | int | None, template: str = "{:,}") -> str:
+    return "?" if value is None else template.format(value)
+
+
+def _description(run: Run) -> str:
+    """One markdown line of what the run is: status, loss, steps, dataset, model and GPUs (``Run`` accessors)."""
+    md, timing, counts, model = common.md, run.timing, run.dataset_counts, run.model_info
+    return (
+        f"**status** {md(run.status)} · **loss** {common.md_code(run.loss_preset)} · "
+        f"**steps** {_number(timing.steps)} ({_number(timing.sec_per_step, '{:.3f}')} s/step) · "
+        f"**dataset** {md(run.dataset_name)} ({run.num_classes} classes, {_number(counts.num_train)} "
+        f"train / {_number(counts.num_val)} val images) · **model** {md(model.name)} / {md(model.encoder_label)}, "
+        f"strides {md(list(model.stage_strides))}, channels {md(list(model.stage_channels))}, "
+        f"projector {md(model.projector_dim or 'none')}, {_number(model.num_parameters)} parameters · "
+        f"**GPUs** {run.world_size}"
+    )
+
+
 def _describe(label: str, run: Run) -> None:
-    meta = run.meta
-    dataset, model, timing = meta.get("dataset", {}), meta.get("model", {}), meta.get("timing", {})
-    st.subheader(label)
-    st.caption(f"`{run.path}`")
+    st.subheader(common.md(label))
+    st.caption(common.md_code(run.path))
     summary = None
     with common.artifact_guard(run.name):
         summary = run.eval_summary()
+    timing = run.timing
     columns = st.columns(3)
-    columns[0].metric("val mIoU", f"{summary['miou']:.4f}" if summary else "—",
-                      help="Final validation mIoU (eval/summary.json); classes absent from both ground truth and "
-                           "prediction are left out of the mean.")
-    columns[1].metric("pixel accuracy", f"{summary['pixel_acc']:.4f}" if summary else "—",
+    columns[0].metric("val mIoU", f"{100 * summary['miou']:.2f} %" if summary else "—",
+                      help="Final validation mIoU in percent (eval/summary.json); classes absent from both ground truth "
+                           "and prediction are left out of the mean.")
+    columns[1].metric("pixel accuracy", f"{100 * summary['pixel_acc']:.2f} %" if summary else "—",
                       help="Share of labelled val pixels predicted correctly.")
-    columns[2].metric("train time", f"{timing.get('train_seconds', 0.0) / 60:.1f} min",
-                      help=f"{timing.get('steps', 0)} steps at {timing.get('sec_per_step', 0.0):.3f} s/step")
-    st.markdown(
-        f"**status** {meta.get('status', '?')} · **loss** `{meta.get('loss_preset', '?')}` · "
-        f"**steps** {timing.get('steps', 0)} ({timing.get('sec_per_step', 0.0):.3f} s/step) · "
-        f"**dataset** {dataset.get('name', '?')} ({run.num_classes} classes, {dataset.get('num_train', '?')} train / "
-        f"{dataset.get('num_val', '?')} val images) · **model** {model.get('name', '?')} / {model.get('encoder', '?')}, "
-        f"strides {model.get('stage_strides', '?')}, channels {model.get('stage_channels', '?')}, "
-        f"projector {model.get('projector_dim') or 'none'}, "
-        f"{model.get('num_parameters', 0):,} parameters · **GPUs** {meta.get('world_size', 1)}"
-    )
+    minutes = None if timing.train_seconds is None else timing.train_seconds / 60
+    columns[2].metric("train time", f"{_number(minutes, '{:.1f}')} min",
+                      help=f"{_number(timing.steps)} steps at {_number(timing.sec_per_step, '{:.3f}')} s/step")
+    st.markdown(_description(run))
     with st.expander("Resolved training config"), common.artifact_guard(run.name):
         st.json(run.config, expanded=1)
     with st.expander("run.json"):
-        st.json(meta, expanded=1)
+        st.json(run.meta, expanded=1)
 
 
 def render() -> None:
@@ -57,12 +67,16 @@ def render() -> None:
         "Runs on the curves",
         paths,
         default=[str(run.path) for run in selection.runs],
-        format_func=lambda path: common.run_label(selection.table, path),
+        format_func=selection.label,
         help="Any runs of the folder, not only A and B.",
     )
     curve_runs = [common.get_run(path) for path in chosen]
+    for run in curve_runs:
+        if run.kind == "captured":
+            st.info(f"Run **{run.name}** was captured from a model with `mscl capture`, not trained: it has no training curves.")
+    curve_runs = [run for run in curve_runs if run.kind != "captured"]
     if not curve_runs:
-        st.info("Pick at least one run.")
+        st.info("Pick at least one trained run.")
         return
     with common.artifact_guard():
         loss_columns = list(dict.fromkeys(column for run in curve_runs for column in run.train_metrics().columns

@@ -31,8 +31,29 @@ RATE_COLUMNS = {
 }
 
 
+def _empty_sampler_table(run: Run) -> str | None:
+    """The first sampler table of ``run`` that has no rows (a run that has not logged a step yet), else None."""
+    if run.sampler_steps().empty:
+        return "sampler/steps.parquet"
+    if run.sampler_class_counts().empty:
+        return "sampler/class_counts.parquet"
+    return None
+
+
+def _has_sampler_rows(label: str, run: Run) -> bool:
+    """Whether ``run`` has sampler rows to draw; otherwise says why (full width, so the runs that have them get
+    the page) and returns False."""
+    with common.artifact_guard(label):
+        empty = _empty_sampler_table(run)
+        if empty is None:
+            return True
+        st.info(f"Run **{common.md(label)}**: {common.md_code(empty)} has no rows yet; the sampler adds rows at "
+                "every logged training step (`train.log_every`).", icon=":material/hourglass_empty:")
+    return False
+
+
 def _run_section(label: str, run: Run, key: str) -> None:
-    st.subheader(label)
+    st.subheader(common.md(label))
     with common.artifact_guard(label):
         logged_steps = sorted(int(step) for step in run.sampler_steps()["step"].unique())
         stage = st.selectbox("Stage", run.stages, key=f"sampler-stage-{key}",
@@ -45,10 +66,10 @@ def _run_section(label: str, run: Run, key: str) -> None:
         common.show_figure(figures.sampler_histogram_figure(histogram), key=f"sampler-histogram-{key}",
                            file_stem=f"sampler_histogram_{run.name}_stage{stage}")
         per_class = common.cached_call(sampler_stats.class_timeline, [run], stage)
-        common.show_figure(figures.class_timeline_figure(per_class, run.palette), key=f"sampler-classes-{key}",
+        common.show_figure(figures.class_timeline_figure(per_class), key=f"sampler-classes-{key}",
                            file_stem=f"sampler_classes_{run.name}_stage{stage}")
         timeline = common.cached_call(sampler_stats.sampler_timeline, [run])
-        common.show_figure(figures.sampler_timeline_figure(timeline), key=f"sampler-timeline-{key}",
+        common.show_figure(figures.sampler_timeline_figure(timeline, run.stage_strides), key=f"sampler-timeline-{key}",
                            file_stem=f"sampler_timeline_{run.name}")
         st.markdown("**How often the caps and the filter fired** (per stage, over logged steps)")
         st.dataframe(common.cached_call(sampler_stats.cap_rates, [run]), hide_index=True, column_config=RATE_COLUMNS)
@@ -60,8 +81,9 @@ def render() -> None:
     selection = common.require_runs()
     with st.expander("What the numbers mean"):
         common.explain(EXPLANATIONS)
-    columns = st.columns(len(selection.runs))
-    for column, (label, run), key in zip(columns, selection.labelled(), ("a", "b")):
+    shown = [(label, run, key) for (label, run), key in zip(selection.labelled(), ("a", "b"))
+             if _has_sampler_rows(label, run)]
+    for column, (label, run, key) in zip(st.columns(len(shown)) if shown else [], shown):
         with column:
             _run_section(label, run, key)
 

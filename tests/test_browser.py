@@ -22,8 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from app_pages.common import PAGES  # noqa: E402
 from fake_run import write_fake_run  # noqa: E402
+
+from app_pages.common import PAGES  # noqa: E402
 from workbench.projections import precompute_projections  # noqa: E402
 from workbench.runs import load_run  # noqa: E402
 
@@ -66,13 +67,15 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
 
 @pytest.fixture(scope="module")
 def streamlit_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Start ``streamlit run <script>`` servers; every one is terminated at teardown."""
+    """Start ``streamlit run <script>`` servers; every one is terminated at teardown. Their projection caches go to
+    a temporary user cache folder, never into the repository or the user's own cache."""
     started: list[tuple[subprocess.Popen, object]] = []
+    user_cache = tmp_path_factory.mktemp("user-cache")
 
     def start(script: Path, env_extra: dict[str, str]) -> str:
         port = _free_port()
         log = open(tmp_path_factory.mktemp("streamlit-log") / "server.log", "w+")
-        env = {**os.environ, **env_extra}
+        env = {**os.environ, "MSCL_WORKBENCH_CACHE": str(user_cache), **env_extra}
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -223,6 +226,22 @@ def test_every_page_renders_on_the_shipped_runs(streamlit_server_factory, browse
     base = streamlit_server_factory(REPO_ROOT / "app.py", {"MSCL_RUNS": ""})
     problems = page_problems(browser, base, SCREENSHOTS / "sample_data")
     assert not problems, f"pages with problems (screenshots in {SCREENSHOTS / 'sample_data'}): {problems}"
+
+
+def test_study_page_renders_the_effect_and_its_figures(app_url: str, browser) -> None:
+    """The Study page (registered in app.py after the pages of ``PAGES``) on the fake runs: one ce and one ms+cs
+    run of seed 0, so one paired seed and no interval."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{app_url}/study")
+    wait_until_rendered(browser)
+    save_full_screenshot(browser, SCREENSHOTS / "study.png")
+    assert exception_messages(browser) == [] and not page_not_found(browser)
+    titles = [element.text for element in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')]
+    assert titles and titles[0].startswith("Study")
+    main = browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+    assert "ms+cs − ce = " in main and "mIoU, 1 seed (no interval or p-value from a single pair) — val split" in main
+    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] .js-plotly-plot')) == 3
 
 
 def test_detector_sees_an_exception_box(streamlit_server_factory, browser, tmp_path: Path) -> None:

@@ -224,6 +224,8 @@ def test_split_reads_the_mscl_eval_save_tables_and_reports_runs_without_them(tmp
 def test_an_eval_save_folder_wins_over_eval_and_its_hint_names_the_command(tmp_path: Path) -> None:
     run_dir = write_study_run(tmp_path / "ce-s0", "ce", 0, 0.30)
     write_eval(run_dir / "eval-val-last", "val", "last", 0.31, [0.31] * 3, [0.31] * 5)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "best.safetensors").write_bytes(b"")  # the hint names `mscl eval` for a run it can load
     run = load_run(run_dir)
     assert run.evaluations()[["folder", "miou"]].values.tolist() == [["eval-val-last", 0.31]]
     with pytest.raises(MissingArtifactError) as error:
