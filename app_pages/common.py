@@ -193,7 +193,7 @@ def render_sidebar() -> RunSelection:
         table = listed[listed["status"] != "invalid"].reset_index(drop=True)
     if table.empty:
         sidebar.info(
-            "No runs here yet. Make one with `mscl demo` (a small synthetic run, about a minute on a CPU) "
+            "No runs here yet. Make one with `mscl demo` (two small synthetic runs, about 8 minutes on a 2-core CPU) "
             "or `mscl train --config <file>`, then type its parent folder above."
         )
         selection = RunSelection(root=root, table=table, run_a=None, run_b=None)
