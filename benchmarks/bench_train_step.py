@@ -32,7 +32,7 @@ def time_preset(config_name: str, preset: str, device: str, repeats: int, warmup
             [f"loss.preset={preset}", f"train.device={device}", f"output_dir={out}", "name=bench", "data.num_workers=0", *overrides],
         )
         trainer = Trainer(config)
-        batch = next(iter(trainer.train_loader(0)))
+        batch = next(iter(trainer.data.train_loader(0)))
         trainer.module.train()
         times = []
         for step in range(warmup + repeats):

@@ -35,12 +35,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mscl import __version__
-from mscl.data import DatasetInfo, build_dataset, build_transforms
+from mscl.data import DatasetInfo
 from mscl.data.base import deterministic_palette
+from mscl.data.loading import evaluation_loader, evaluation_split
 from mscl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mscl.export import export_artifacts
+from mscl.export import ExportSettings, export_artifacts
 from mscl.feature_taps import CaptureError, TappedModel, format_module_table, list_modules, stride_of
 from mscl.run_writer import RunWriter
+from mscl.seeding import seed_everything
 from runformat import RunExistsError, RunStatus, layout
 from runformat.lock import RunLock
 from runformat.names import check_run_name
@@ -178,10 +180,7 @@ def capture_split(data: str, root: str | Path, split: str, max_images: int | Non
     ``resize``, then normalisation with ``mean``/``std``, ImageNet by default)."""
     if max_images is not None and max_images < 1:
         raise CaptureError("--max-images", f"must be at least 1, got {max_images}")
-    dataset = build_dataset(data, root, split)
-    dataset.transform = build_transforms(train=False, resize=resize, ignore_index=dataset.info.ignore_index,
-                                         mean=mean, std=std)
-    return FirstImages(dataset, max_images)
+    return FirstImages(evaluation_split(data, root, split, resize=resize, mean=mean, std=std), max_images)
 
 
 class _SplitView:
@@ -210,13 +209,14 @@ class _LabelSizedLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[dict]:
-        for batch in self.loader:
-            missing = [key for key in BATCH_KEYS if not isinstance(batch, Mapping) or key not in batch]
-            if missing:
-                raise CaptureError("loader", f"batches must be dicts with keys {list(BATCH_KEYS)} (the mscl dataset "
-                                             f"format, mscl.data.build_dataset); missing {missing}")
-            self.model.output_size = (int(batch["label"].shape[-2]), int(batch["label"].shape[-1]))
-            yield batch
+        for loaded in self.loader:
+            for batch in loaded if isinstance(loaded, list) else [loaded]:  # a list: one sub-batch per image size
+                missing = [key for key in BATCH_KEYS if not isinstance(batch, Mapping) or key not in batch]
+                if missing:
+                    raise CaptureError("loader", f"batches must be dicts with keys {list(BATCH_KEYS)} (the mscl dataset "
+                                                 f"format, mscl.data.build_dataset); missing {missing}")
+                self.model.output_size = (int(batch["label"].shape[-2]), int(batch["label"].shape[-1]))
+                yield batch
 
 
 def _dataset_info(dataset: Any, class_names: Sequence[str], ignore_index: int,
@@ -300,39 +300,25 @@ def capture_run(
         raise CaptureError("loader", "its dataset has no load_raw(index) returning the untransformed image and label "
                                      "(use an mscl dataset, mscl.data.build_dataset)")
     tapped = TappedModel(model, stages, len(info.class_names))
+    settings = ExportSettings(split=split, num_pixels=num_pixels, num_prediction_images=num_prediction_images,
+                              num_dense_images=num_dense_images, seed=seed, progress=progress, project=project)
     with RunLock(run_dir, command="mscl capture"):
         _prepare_run_dir(run_dir, overwrite)
-        _capture_locked(tapped, loader, info, run_dir, name=name, split=split, model_name=model_name, details=details,
-                        num_pixels=num_pixels, num_prediction_images=num_prediction_images,
-                        num_dense_images=num_dense_images, seed=seed, device=torch.device(device), progress=progress)
-    if project:
-        project_in_child_process(run_dir, seed)
+        _capture_locked(tapped, loader, info, run_dir, settings, name=name, model_name=model_name, details=details,
+                        device=torch.device(device))
+    if settings.project:
+        project_in_child_process(run_dir, settings.seed)
     return run_dir
 
 
-def _capture_locked(tapped: TappedModel, loader: DataLoader, info: DatasetInfo, run_dir: Path, *, name: str | None,
-                    split: str, model_name: str | None, details: Mapping[str, Any] | None, num_pixels: int,
-                    num_prediction_images: int, num_dense_images: int, seed: int, device: torch.device,
-                    progress: bool) -> None:
+def _capture_locked(tapped: TappedModel, loader: DataLoader, info: DatasetInfo, run_dir: Path, settings: ExportSettings, *,
+                    name: str | None, model_name: str | None, details: Mapping[str, Any] | None, device: torch.device) -> None:
     """The export and ``run.json`` of :func:`capture_run`, with the run's lock held."""
     model = tapped.model
     tapped.to(device)
     start = time.perf_counter()
-    summary = export_artifacts(
-        run_dir,
-        tapped,
-        None,
-        _LabelSizedLoader(loader, _SplitView(loader.dataset, info), tapped),
-        split=split,
-        checkpoint=str((details or {}).get("checkpoint") or "none"),
-        step=0,
-        num_pixels=num_pixels,
-        num_prediction_images=num_prediction_images,
-        num_dense_images=num_dense_images,
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
+    summary = export_artifacts(run_dir, tapped, None, _LabelSizedLoader(loader, _SplitView(loader.dataset, info), tapped), settings,
+                               checkpoint=str((details or {}).get("checkpoint") or "none"), step=0, device=device)
     seconds = time.perf_counter() - start
     height = tapped.output_size[0] if tapped.output_size else tapped.input_size[0]
     RunWriter(run_dir).write_meta(
@@ -346,7 +332,7 @@ def _capture_locked(tapped: TappedModel, loader: DataLoader, info: DatasetInfo, 
             "class_names": list(info.class_names),
             "palette": [list(c) for c in info.palette],
             "ignore_index": info.ignore_index,
-            "split": split,
+            "split": settings.split,
             "num_val": len(loader.dataset),
         },
         model={
@@ -358,7 +344,7 @@ def _capture_locked(tapped: TappedModel, loader: DataLoader, info: DatasetInfo, 
             "projector_dim": None,
             "num_parameters": int(sum(p.numel() for p in model.parameters())),
         },
-        capture={**dict(details or {}), "stages": list(tapped.stage_names), "split": split, "seconds": round(seconds, 2),
+        capture={**dict(details or {}), "stages": list(tapped.stage_names), "split": settings.split, "seconds": round(seconds, 2),
                  "miou": summary["miou"]},
         world_size=1,
         device=str(device),
@@ -371,7 +357,7 @@ def _capture_locked(tapped: TappedModel, loader: DataLoader, info: DatasetInfo, 
 
 def _model_for_cli(factory: str, kwargs_text: str | None, checkpoint: str | None, seed: int) -> tuple[nn.Module, dict]:
     kwargs = parse_kwargs(kwargs_text)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     model = build_from_factory(factory, kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
@@ -389,8 +375,9 @@ def parse_resize(values: Sequence[float] | None) -> float | tuple[int, int] | No
     raise CaptureError("--resize", f"give one scale factor (e.g. 0.5) or a size H W (e.g. 360 480), got {list(values)}")
 
 
-def _first_batch(split: FirstImages, batch_size: int) -> dict:
-    return next(iter(DataLoader(split, batch_size=batch_size)))
+def _first_batch(loader: DataLoader) -> dict:
+    """The first images of ``loader`` that share one size (its first sub-batch)."""
+    return next(iter(loader))[0]
 
 
 def capture_command(
@@ -417,7 +404,7 @@ def capture_command(
     project: bool = False,
 ) -> str:
     """``mscl capture``: the ``--list-modules`` table, or capture the run and describe what was written."""
-    from mscl.trainer import resolve_device
+    from mscl.composition import resolve_device
 
     if batch_size < 1:
         raise CaptureError("--batch-size", f"must be at least 1, got {batch_size}")
@@ -431,11 +418,11 @@ def capture_command(
     model, parsed_kwargs = _model_for_cli(factory, kwargs, checkpoint, seed)
     dataset = capture_split(data, root, split, max_images, size, mean, std)
     target = resolve_device(device)
+    loader = evaluation_loader(dataset, None, batch_size=batch_size, num_workers=0, seed=seed)
     if list_only:
-        images = _first_batch(dataset, batch_size)["image"].to(target)
+        images = _first_batch(loader)["image"].to(target)
         rows = list_modules(model.to(target), images)
         return format_module_table(rows, (int(images.shape[-2]), int(images.shape[-1])))
-    loader = DataLoader(dataset, batch_size=batch_size)
     details = {"factory": factory, "kwargs": parsed_kwargs, "checkpoint": checkpoint, "data": data, "root": str(root),
                "max_images": max_images, "resize": size, "mean": list(mean), "std": list(std)}
     run_dir = capture_run(model, loader, list(stages or ()), dataset.info.class_names, dataset.info.ignore_index,

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from mscl.config import Config, load_config
 from mscl.models import build_model
@@ -118,6 +119,30 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: Mapping[st
             _, index, key = name.split(".", 2)
             state[int(index)][key] = value
     optimizer.load_state_dict({"state": dict(state), "param_groups": scalars["param_groups"]})
+
+
+def lr_schedule_to_scalars(name: str, scheduler: LRScheduler) -> dict[str, Any]:
+    """``state.json`` ``lr_schedule``: the schedule's ``name`` and the torch scheduler's state (position, base and last
+    learning rates, parameters of the factor), JSON-ready."""
+    return {"name": name, "state": scheduler.state_dict()}
+
+
+def restore_lr_schedule(scheduler: LRScheduler, scalars: Mapping[str, Any], step: int, path: str | Path, way_out: str) -> None:
+    """Put ``scheduler`` at loop ``step`` from the ``lr_schedule`` of a checkpoint set's ``scalars`` (``path``).
+
+    The schedule's shape (base learning rates, factor parameters) stays the config's, which a resume may change
+    (``--steps``); its position comes from the set. Sets without a scheduler state (format version 1) are at
+    their ``step``. Every parameter group's ``lr`` is then the schedule's value at ``step``; CheckpointError when
+    the saved position is not ``step``.
+    """
+    saved = (scalars.get("lr_schedule") or {}).get("state")
+    position = int(saved["last_epoch"]) if saved else step
+    if position != step:
+        raise CheckpointError(f"{path}: lr_schedule is at step {position} but the set at step {step}; {way_out}")
+    state = scheduler.state_dict()
+    state.update(last_epoch=step - 1, _step_count=int(saved["_step_count"]) if saved else step + 1)
+    scheduler.load_state_dict(state)
+    scheduler.step()
 
 
 def save_checkpoint_set(

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from mscl.config import Config, ConfigError, cli_option, load_config, resolve_config_path
-from mscl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mscl.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from runformat.atomic import atomic_directory
 from runformat.errors import RunFormatError, RunLockedError
 from runformat.layout import eval_folder
@@ -77,7 +77,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         Trainer(config, resume=bool(args.resume), overwrite=args.overwrite).fit()
     except KeyboardInterrupt:
         return 130
-    print(f"run written to {config.run_dir}")
     return 0
 
 
@@ -93,8 +92,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def _val_loader(config: Config, split: str, data_root: str | None, run_dir: str | Path):
     """The evaluation loader of ``split``; refuses a dataset whose class list is not the run's (``run.json``)."""
-    from mscl.evaluation import eval_loader
-    from mscl.trainer import build_split
+    from mscl.data.loading import build_split, evaluation_loader, validation_indices
 
     dataset = build_split(config, split, train=False, root=data_root)
     trained_on = json.loads((Path(run_dir) / "run.json").read_text())["dataset"]["class_names"]
@@ -105,8 +103,8 @@ def _val_loader(config: Config, split: str, data_root: str | None, run_dir: str 
             f"the dataset at {where} has {len(found)} classes {found} but run {run_dir} was trained on {len(trained_on)} classes "
             f"{trained_on} (run.json dataset.class_names); point --data-root at a copy of the dataset the run was trained on"
         )
-    indices = list(range(len(dataset)))[: config.data.max_val_images] if split == config.data.val_split else None
-    return eval_loader(dataset, indices, config.data.val_batch_size, config.data.num_workers)
+    indices = validation_indices(config, dataset) if split == config.data.val_split else None
+    return evaluation_loader(dataset, indices, batch_size=config.data.val_batch_size, num_workers=config.data.num_workers, seed=config.seed)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -117,9 +115,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mscl.checkpoints import load_run_module
+    from mscl.composition import resolve_device
     from mscl.export import evaluate, write_eval
     from mscl.metrics import iou_per_class
-    from mscl.trainer import resolve_device
 
     config, module = load_run_module(args.run, args.checkpoint)
     device = resolve_device(args.device)
@@ -148,30 +146,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from mscl.checkpoints import load_run_module
-    from mscl.export import export_artifacts
-    from mscl.trainer import resolve_device
+    from mscl.composition import resolve_device
+    from mscl.export import ExportSettings, export_artifacts, project_after_export
 
     config, module = load_run_module(args.run, args.checkpoint)
     device = resolve_device(args.device)
     module.to(device)
     loader = _val_loader(config, config.data.val_split, args.data_root, args.run)
     step = json.loads((Path(args.run) / "run.json").read_text()).get("timing", {}).get("steps", -1)
-    summary = export_artifacts(
-        args.run,
-        module.model,
-        module.projectors,
-        loader,
-        split=config.data.val_split,
-        checkpoint=args.checkpoint,
-        step=step,
-        num_pixels=config.export.num_pixels,
-        num_prediction_images=config.export.num_prediction_images,
-        num_dense_images=config.export.num_dense_images,
-        seed=config.seed,
-        device=device,
-    )
-    if config.export.project and not args.no_project:
-        project_in_child_process(args.run, config.seed)
+    settings = ExportSettings.from_config(config, progress=True, project=config.export.project and not args.no_project)
+    summary = export_artifacts(args.run, module.model, module.projectors, loader, settings, checkpoint=args.checkpoint, step=step, device=device)
+    project_after_export(args.run, settings)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -210,9 +195,18 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mscl`` parser: one subcommand per command of the module docstring."""
     parser = argparse.ArgumentParser(prog="mscl", description="Multi-scale and cross-scale contrastive learning for segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_run_commands(sub)
+    _add_tool_commands(sub)
+    _add_capture_command(sub)
+    return parser
 
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """``mscl train`` and ``mscl check-data`` (the same config options)."""
     train = sub.add_parser("train", help="train a run (CE, ms or ms+cs) and write its run directory", description=TRAIN_PRECEDENCE)
     train.add_argument("--config", help="YAML file or shipped preset name (see mscl/configs)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint set")
@@ -239,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check_data)
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """``mscl eval``, ``mscl export`` and ``mscl project``: commands on a finished run directory."""
     commands = (("eval", cmd_eval, "evaluate a run's checkpoint on a split"), ("export", cmd_export, "recompute a run's embeddings and predictions"))
     for name, func, help_text in commands:
         command = sub.add_parser(name, help=help_text)
@@ -258,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--seed", type=int, default=0)
     project.set_defaults(func=cmd_project)
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """``mscl demo`` and ``mscl convert-weights``."""
     demo = sub.add_parser("demo", help="generate synthetic scenes and train the shipped baseline and ms+cs demo runs")
     demo.add_argument("--out", default="sample_data", help="output folder (default sample_data)")
     demo.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default: the demo config's)")
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--arch", default="tf_efficientnet_lite0", help="timm architecture the weights belong to")
     convert.set_defaults(func=cmd_convert_weights)
 
+
+def _add_capture_command(sub: argparse._SubParsersAction) -> None:
+    """``mscl capture``: a run directory from any segmentation model."""
     capture = sub.add_parser("capture", help="write a run directory from any segmentation model (no training) for the workbench")
     capture.add_argument("--factory", required=True, metavar="MODULE:FUNCTION",
                          help="function that builds the model, e.g. torchvision.models.segmentation:deeplabv3_mobilenet_v3_large")
@@ -296,8 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--overwrite", action="store_true", help="replace an earlier capture with the same name")
     capture.add_argument("--project", action="store_true", help="also precompute the 2-D projections the app shows")
     capture.set_defaults(func=cmd_capture)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

@@ -9,9 +9,12 @@ contains it), so the workbench can align stage panels pixel by pixel. One export
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,12 +23,17 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mscl.config import Config
 from mscl.evaluation import EvalResult, evaluate
 from mscl.metrics import accuracy_per_class, iou_per_class
 from mscl.run_writer import write_csv, write_json, write_npy, write_npz, write_parquet
+from mscl.seeding import sample_generator
 from runformat import layout
 from runformat.atomic import swap_folders, temporary_name
 from runformat.columns import PER_CLASS_COLUMNS, PER_IMAGE_COLUMNS, PIXEL_COLUMNS, PREDICTION_INDEX_COLUMNS
+from runformat.projection_cache import project_in_child_process
+
+IMAGE_QUALITY = 90  # JPEG quality of the image in a prediction archive (predictions/<image_id>.npz)
 
 
 def stage_cells(ys: torch.Tensor, xs: torch.Tensor, image_hw: tuple[int, int], stage_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +62,22 @@ def fixed_indices(n_items: int, count: int) -> list[int]:
     return sorted(set(np.linspace(0, n_items - 1, min(count, n_items)).round().astype(int).tolist()))
 
 
+def label_dtype(num_classes: int, ignore_index: int) -> np.dtype:
+    """The smallest integer dtype holding every class id and the ignore index: uint8 for up to 256 classes with an
+    ignore index in 0..255 (CamVid: 11 classes, 255), else a wider one (labels and predictions of predictions/)."""
+    low, high = min(0, ignore_index), max(num_classes - 1, ignore_index)
+    return np.promote_types(np.min_scalar_type(low), np.min_scalar_type(high))
+
+
+def encode_image(image: np.ndarray) -> np.ndarray:
+    """A uint8 [H, W, 3] image as JPEG bytes (quality :data:`IMAGE_QUALITY`, full-resolution colour so colours stay
+    on their objects' boundaries) in a 1-D uint8 array, the ``image_jpeg`` of a prediction archive (docs/run-format.md):
+    the picture behind the labels in a fifth of the bytes of the deflated pixels (CamVid)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=IMAGE_QUALITY, subsampling=0)
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
 def display_image(dataset, index: int, size: tuple[int, int]) -> np.ndarray:
     """The untransformed image resized (bilinear) to the evaluated label size, as uint8 [H, W, 3]."""
     image, _ = dataset.load_raw(index)
@@ -69,7 +93,7 @@ class PixelCollector:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.per_image_per_class = per_image_per_class
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = sample_generator(seed)
         self.rows: list[pd.DataFrame] = []
         self.backbone: list[list[torch.Tensor]] = []
         self.projected: list[list[torch.Tensor]] = []
@@ -141,37 +165,65 @@ class PixelCollector:
         return table, backbone, projected
 
 
+@dataclass(frozen=True)
+class ExportSettings:
+    """What an export writes (docs/run-format.md, "Export"), from the config's ``export`` section.
+
+    ``split`` is the evaluated split; ``num_pixels`` the size of the class-balanced embedding sample (drawn with
+    ``seed``); ``num_prediction_images`` the evenly spaced images whose predictions are kept (None: every evaluated
+    image), ``num_dense_images`` of them, evenly spaced, also with dense per-stage maps; ``progress`` shows a progress bar; ``project``
+    fills the projection cache afterwards (:func:`project_after_export`).
+    """
+
+    split: str
+    num_pixels: int = 4000
+    num_prediction_images: int | None = None
+    num_dense_images: int = 3
+    seed: int = 0
+    progress: bool = True
+    project: bool = False
+
+    @classmethod
+    def from_config(cls, config: Config, *, progress: bool | None = None, project: bool | None = None) -> ExportSettings:
+        """The settings of ``config``: ``export.num_pixels``, ``export.num_prediction_images``, ``export.num_dense_images``
+        and ``export.project`` on ``data.val_split`` with the run's ``seed``; ``progress`` defaults to ``train.progress``,
+        ``project`` (when given) overrides ``export.project`` (``mscl export --no-project``)."""
+        export = config.export
+        return cls(
+            split=config.data.val_split,
+            num_pixels=export.num_pixels,
+            num_prediction_images=export.num_prediction_images,
+            num_dense_images=export.num_dense_images,
+            seed=config.seed,
+            progress=config.train.progress if progress is None else progress,
+            project=export.project if project is None else project,
+        )
+
+
 def export_artifacts(
     run_dir: str | Path,
     model: nn.Module,
     projectors: nn.Module | None,
     loader: DataLoader,
+    settings: ExportSettings,
     *,
-    split: str,
     checkpoint: str,
     step: int,
-    num_pixels: int = 4000,
-    num_prediction_images: int = 8,
-    num_dense_images: int = 3,
-    seed: int = 0,
     device: torch.device | str = "cpu",
-    progress: bool = True,
 ) -> dict:
     """Evaluate on ``loader`` and write ``eval/``, ``predictions/`` and ``embeddings/`` (docs/run-format.md, "Export").
 
     The three folders are written into a temporary folder of the run and swapped in as one unit
     (``runformat.atomic.swap_folders``), so an interrupted export leaves the previous export whole. Hold
-    the run's lock while calling it. Returns ``eval/summary.json``.
+    the run's lock while calling it. ``checkpoint`` and ``step`` name the weights in the tables. Returns
+    ``eval/summary.json``.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     staging = temporary_name(run_dir / "export")
     staging.mkdir()
     try:
-        summary = _write_export(
-            staging, model, projectors, loader, split=split, checkpoint=checkpoint, step=step, num_pixels=num_pixels,
-            num_prediction_images=num_prediction_images, num_dense_images=num_dense_images, seed=seed, device=device, progress=progress,
-        )
+        summary = _write_export(staging, model, projectors, loader, settings, checkpoint=checkpoint, step=step, device=torch.device(device))
         swap_folders(run_dir, staging, layout.EXPORT_FOLDERS)
     finally:
         if staging.exists() and not (run_dir / layout.SWAP_JOURNAL).exists():
@@ -179,88 +231,98 @@ def export_artifacts(
     return summary
 
 
-@torch.no_grad()
-def _write_export(
-    run_dir: Path,
-    model: nn.Module,
-    projectors: nn.Module | None,
-    loader: DataLoader,
-    *,
-    split: str,
-    checkpoint: str,
-    step: int,
-    num_pixels: int,
-    num_prediction_images: int,
-    num_dense_images: int,
-    seed: int,
-    device: torch.device | str,
-    progress: bool,
-) -> dict:
-    """Write the export of ``export_artifacts`` into ``run_dir`` (its staging folder)."""
-    device = torch.device(device)
-    if projectors is not None:
-        projectors.eval()
-    dataset = loader.dataset
-    info = dataset.info
-    num_classes = len(info.class_names)
-    prediction_set = set(fixed_indices(len(dataset), num_prediction_images))
-    dense_set = set(sorted(prediction_set)[:num_dense_images])
-    per_class = max(1, math.ceil(4 * num_pixels / max(1, len(dataset) * num_classes)))
-    collector = PixelCollector(num_classes, info.ignore_index, per_class, seed)
-    prediction_rows: list[dict] = []
-    geometry: dict[str, list] = {}
+def project_after_export(run_dir: str | Path, settings: ExportSettings) -> None:
+    """With ``settings.project``: fill the run's projection cache (``python -m workbench project`` in a child process,
+    stopped if this process is interrupted)."""
+    if settings.project:
+        project_in_child_process(run_dir, settings.seed)
 
-    def visit(batch: dict, output, predictions: torch.Tensor) -> None:
-        projected = projectors(output.features) if projectors is not None else None
-        geometry["image"] = list(batch["label"].shape[-2:])
-        geometry["stages"] = [list(f.shape[-2:]) for f in output.features]
+
+class _ExportVisitor:
+    """The ``evaluate`` visitor of an export: feeds the pixel sample and writes the prediction and dense files."""
+
+    def __init__(self, run_dir: Path, dataset: Any, projectors: nn.Module | None, settings: ExportSettings) -> None:
+        info = dataset.info
+        num_classes = len(info.class_names)
+        self.run_dir = run_dir
+        self.dataset = dataset
+        self.projectors = projectors
+        count = settings.num_prediction_images
+        kept = fixed_indices(len(dataset), len(dataset) if count is None else count)
+        self.prediction_set = set(kept)
+        self.dense_set = {kept[i] for i in fixed_indices(len(kept), settings.num_dense_images)}
+        self.label_dtype = label_dtype(num_classes, info.ignore_index)
+        per_class = max(1, math.ceil(4 * settings.num_pixels / max(1, len(dataset) * num_classes)))
+        self.collector = PixelCollector(num_classes, info.ignore_index, per_class, settings.seed)
+        self.prediction_rows: list[dict] = []
+        self.image_size: list[int] = []
+        self.stage_sizes: list[list[int]] = []
+
+    def __call__(self, batch: dict, output: Any, predictions: torch.Tensor) -> None:
+        projected = self.projectors(output.features) if self.projectors is not None else None
+        self.image_size = list(batch["label"].shape[-2:])
+        self.stage_sizes = [list(f.shape[-2:]) for f in output.features]
         for i in range(predictions.shape[0]):
             index, image_id = int(batch["index"][i]), str(batch["image_id"][i])
             label = batch["label"][i].to(predictions.device)
             features_i = [f[i] for f in output.features]
             projected_i = [p[i] for p in projected] if projected is not None else None
-            collector.add(index, image_id, label, predictions[i], features_i, projected_i)
-            if index not in prediction_set:
-                continue
-            label_np = label.cpu().numpy().astype(np.int16)
-            image_np = display_image(dataset, index, label_np.shape)
-            arrays = {"image": image_np, "label": label_np, "prediction": predictions[i].cpu().numpy().astype(np.int16)}
-            write_npz(run_dir / layout.prediction_file(f"{image_id}.npz"), arrays)
-            prediction_rows.append({"image_index": index, "image_id": image_id, "file": f"{image_id}.npz"})
-            if index in dense_set:
-                dense = {"image": image_np, "label": label_np}
-                for s, feature in enumerate(features_i):
-                    dense[f"stage{s}_backbone"] = feature.cpu().numpy().astype(np.float16)
-                for s, feature in enumerate(projected_i or []):
-                    dense[f"stage{s}_projected"] = feature.cpu().numpy().astype(np.float16)
-                write_npz(run_dir / layout.dense_file(image_id), dense)
+            self.collector.add(index, image_id, label, predictions[i], features_i, projected_i)
+            if index in self.prediction_set:
+                self._write_prediction(index, image_id, label, predictions[i], features_i, projected_i)
 
-    result = evaluate(model, loader, num_classes, info.ignore_index, device, progress=progress, visitor=visit)
-    summary = write_eval(run_dir / layout.EVAL_DIR, result, list(info.class_names), split, checkpoint, step)
-    write_csv(run_dir / layout.PREDICTION_INDEX, pd.DataFrame(prediction_rows, columns=list(PREDICTION_INDEX_COLUMNS)))
+    def _write_prediction(self, index: int, image_id: str, label: torch.Tensor, prediction: torch.Tensor,
+                          features: list[torch.Tensor], projected: list[torch.Tensor] | None) -> None:
+        label_np = label.cpu().numpy().astype(self.label_dtype)
+        image_np = display_image(self.dataset, index, label_np.shape)
+        arrays = {"image_jpeg": encode_image(image_np), "label": label_np,
+                  "prediction": prediction.cpu().numpy().astype(self.label_dtype)}
+        write_npz(self.run_dir / layout.prediction_file(f"{image_id}.npz"), arrays)
+        self.prediction_rows.append({"image_index": index, "image_id": image_id, "file": f"{image_id}.npz"})
+        if index in self.dense_set:
+            dense = {"image": image_np, "label": label_np}
+            for s, feature in enumerate(features):
+                dense[f"stage{s}_backbone"] = feature.cpu().numpy().astype(np.float16)
+            for s, feature in enumerate(projected or []):
+                dense[f"stage{s}_projected"] = feature.cpu().numpy().astype(np.float16)
+            write_npz(self.run_dir / layout.dense_file(image_id), dense)
 
-    table, backbone, projected_sample = collector.balanced(num_pixels, seed)
+
+@torch.no_grad()
+def _write_export(
+    run_dir: Path, model: nn.Module, projectors: nn.Module | None, loader: DataLoader, settings: ExportSettings, *,
+    checkpoint: str, step: int, device: torch.device,
+) -> dict:
+    """Write the export of ``export_artifacts`` into ``run_dir`` (its staging folder)."""
+    if projectors is not None:
+        projectors.eval()
+    info = loader.dataset.info
+    visitor = _ExportVisitor(run_dir, loader.dataset, projectors, settings)
+    result = evaluate(model, loader, len(info.class_names), info.ignore_index, device, progress=settings.progress, visitor=visitor)
+    summary = write_eval(run_dir / layout.EVAL_DIR, result, list(info.class_names), settings.split, checkpoint, step)
+    write_csv(run_dir / layout.PREDICTION_INDEX, pd.DataFrame(visitor.prediction_rows, columns=list(PREDICTION_INDEX_COLUMNS)))
+
+    table, backbone, projected_sample = visitor.collector.balanced(settings.num_pixels, settings.seed)
     write_parquet(run_dir / layout.PIXELS, table[list(PIXEL_COLUMNS)])
     for s, array in enumerate(backbone):
         write_npy(run_dir / layout.embedding_file(s, "backbone"), array)
     for s, array in enumerate(projected_sample or []):
         write_npy(run_dir / layout.embedding_file(s, "projected"), array)
-    image_h = geometry["image"][0]
+    image_h = visitor.image_size[0]
     write_json(
         run_dir / layout.EMBEDDING_META,
         {
             "num_pixels": len(table),
             "stages": list(range(len(backbone))),
-            "strides": [round(image_h / hw[0]) for hw in geometry["stages"]],
+            "strides": [round(image_h / hw[0]) for hw in visitor.stage_sizes],
             "backbone_dims": [int(a.shape[1]) for a in backbone],
             "projected_dims": [int(a.shape[1]) for a in projected_sample] if projected_sample else [],
             "has_projector": projected_sample is not None,
-            "split": split,
+            "split": settings.split,
             "checkpoint": checkpoint,
             "step": step,
-            "seed": seed,
-            "image_size": geometry["image"],
+            "seed": settings.seed,
+            "image_size": visitor.image_size,
         },
     )
     return summary
-

@@ -65,7 +65,8 @@ def test_cli_writes_weights_that_fill_the_deeplabv3_encoder(tmp_path: Path, sour
     model = build_model("deeplabv3", 11, encoder="tf_efficientnet_lite0", output_stride=8)
     report = load_encoder_weights(model.encoder, destination)
     assert report.missing == ()
-    assert sorted(report.unexpected) == ["bn2.bias", "bn2.running_mean", "bn2.running_var", "bn2.weight", "classifier.bias", "classifier.weight", "conv_head.weight"]
+    assert sorted(report.unexpected) == ["bn2.bias", "bn2.running_mean", "bn2.running_var", "bn2.weight", "classifier.bias",
+                                         "classifier.weight", "conv_head.weight"]
     assert torch.equal(model.encoder.model.blocks[6][0].conv_pwl.weight, source_state["_blocks.15._project_conv.weight"])
     assert model.encoder.stage_strides == (4, 8, 8, 8)
 

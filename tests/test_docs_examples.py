@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from fake_run import write_fake_run
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -44,7 +44,7 @@ from workbench import export_job, load_run  # noqa: E402
 from workbench.export_job import ExportJob, parse_progress  # noqa: E402
 from workbench.runs import MissingArtifactError  # noqa: E402
 from workbench.separability import knn_accuracy  # noqa: E402
-from workbench.timeline import METRICS, step_maps, timeline  # noqa: E402
+from workbench.timeline import METRICS, TIMELINE_COLUMNS, step_maps, timeline, timeline_figure  # noqa: E402
 
 APP = str(REPO_ROOT / "app.py")
 PAGE = "app_pages/dynamics.py"
@@ -422,8 +422,20 @@ def test_page_draws_the_curves_of_runs_a_and_b_with_miou_on_a_second_axis(runs_r
     expected = timeline(load_run(runs_root / "mscs"))
     rows = expected[(expected["metric"] == "silhouette") & (expected["kind"] == "backbone") & (expected["stage"] == 3)]
     np.testing.assert_allclose(plotly_array(traces["mscs · stage 3"]["y"]), rows["value"])
-    np.testing.assert_allclose(plotly_array(traces["ce · val mIoU"]["y"]),
-                               pd.read_csv(runs_root / "ce/metrics/val.csv")["miou"])
+    miou = plotly_array(traces["ce · val mIoU"]["y"])
+    np.testing.assert_allclose(miou, 100 * pd.read_csv(runs_root / "ce/metrics/val.csv")["miou"])
+    assert np.all((miou >= 0) & (miou <= 100))
+    assert chart(app, "dynamics-curves")["layout"]["yaxis2"]["title"]["text"] == "val mIoU (%)"
+
+
+def test_timeline_figure_draws_the_val_miou_in_percent() -> None:
+    rows = [{"step": step, "stage": stage, "kind": "backbone", "metric": "silhouette", "value": 0.1 * stage,
+             "miou": miou} for step, miou in ((2, 0.125), (4, 0.5)) for stage in (0, 1)]
+    fig = timeline_figure({"run": pd.DataFrame(rows, columns=list(TIMELINE_COLUMNS))}, "silhouette", "backbone")
+    traces = {trace.name: trace for trace in fig.data}
+    np.testing.assert_allclose(traces["run · val mIoU"].y, [12.5, 50.0])
+    np.testing.assert_allclose(traces["run · stage 1"].y, [0.1, 0.1])  # the metric itself keeps its own scale
+    assert fig.layout.yaxis2.title.text == "val mIoU (%)"
 
 
 def test_page_says_how_a_run_without_snapshots_gets_them(runs_root: Path, monkeypatch) -> None:

@@ -15,8 +15,9 @@ from mscl.cli import main as cli_main
 from mscl.cli import resolve_config_path
 from mscl.config import ConfigError, load_config
 from mscl.data import generate_synthetic_dataset
+from mscl.data.loading import EpochSampler
 from mscl.metrics import iou_per_class
-from mscl.trainer import EpochSampler, Trainer, poly_lr
+from mscl.trainer import Trainer
 
 RUN_FILES = [
     "run.json",
@@ -233,13 +234,6 @@ def test_config_errors_name_the_key(tmp_path) -> None:
         load_config(overrides=["data.std=[0.5, 0.0, 0.5]"])
     config = load_config(overrides=["loss.temperature=0.2", "data.crop_size=[64, 64]"])
     assert config.loss.temperature == 0.2 and config.data.crop_size == [64, 64]
-
-
-def test_poly_lr_schedule() -> None:
-    assert poly_lr(0.01, 0, 100, 0.9, 0) == pytest.approx(0.01)
-    assert poly_lr(0.01, 50, 100, 0.9, 0) == pytest.approx(0.01 * 0.5**0.9)
-    assert poly_lr(0.01, 4, 100, 0.9, 10) == pytest.approx(0.01 * 5 / 10)
-    assert poly_lr(0.01, 99, 100, 1.0, 0) > 0
 
 
 def test_epoch_sampler_shards_and_resumes() -> None:

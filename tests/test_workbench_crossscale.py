@@ -7,8 +7,8 @@ import pytest
 from fake_run import write_fake_run
 
 from workbench.crossscale import (
-    class_prototypes,
     cka_matrix,
+    class_prototypes,
     linear_cka,
     pixel_similarity_maps,
     prototype_similarity,

@@ -21,28 +21,27 @@ from mscl.models.hrnet import HRNet
 from mscl.models.ocrnet import OCRNet
 from mscl.models.tiny import TinySegNet
 from mscl.models.upernet import UPerNet
+from mscl.registry import Registry
 
-MODEL_CLASSES: dict[str, type[SegmentationModel]] = {
+MODEL_CLASSES: Registry[type[SegmentationModel]] = Registry("model", {
     "tiny": TinySegNet,
     "deeplabv3": DeepLabV3,
     "upernet": UPerNet,
     "hrnet": HRNet,
     "ocrnet": OCRNet,
-}
+})
 
 
 def available_models() -> list[str]:
     """Names accepted by :func:`build_model`."""
-    return list(MODEL_CLASSES)
+    return MODEL_CLASSES.names()
 
 
 def accepted_kwargs(name: str) -> list[str]:
     """Keyword arguments model ``name`` accepts (``model.kwargs`` in a config), sorted: its head options (the
     named parameters of its class) and the timm keywords its encoder takes (the class's ``timm_kwargs``, a
     subset of :data:`TIMM_ENCODER_KWARGS`)."""
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
-    model_class = MODEL_CLASSES[name]
+    model_class = MODEL_CLASSES.lookup(name)
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     head = {key for key, parameter in inspect.signature(model_class.__init__).parameters.items()
             if key not in ("self", "num_classes", "encoder") and parameter.kind in named}
@@ -83,7 +82,7 @@ def build_model(
             before timm is called).
     """
     check_model_kwargs(name, kwargs)
-    model = MODEL_CLASSES[name](num_classes, encoder=encoder, **kwargs)
+    model = MODEL_CLASSES.lookup(name)(num_classes, encoder=encoder, **kwargs)
     if pretrained is not None:
         load_encoder_weights(model.encoder, pretrained)
     return model
