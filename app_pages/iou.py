@@ -22,6 +22,7 @@ IOU_COLUMNS = {
     "acc": st.column_config.NumberColumn("accuracy (%)", format="%.1f"),
     "miou_a": st.column_config.NumberColumn("mIoU A (%)", format="%.1f"),
     "miou_b": st.column_config.NumberColumn("mIoU B (%)", format="%.1f"),
+    "saved": st.column_config.CheckboxColumn("predictions saved", help="both runs saved this image's predictions"),
 }
 # Pixels a confusion matrix in one of three columns has for its cells (figures.heatmap writes the values that fit).
 CONFUSION_PLOT_WIDTH = 320
@@ -53,6 +54,30 @@ def _single_run(label: str, run: Run) -> None:
 def _image_label(per_image: pd.DataFrame, image_id: str) -> str:
     row = per_image[per_image["image_id"] == image_id].iloc[0]
     return f"{image_id}  (B − A = {100 * row['diff']:+.1f} points)"
+
+
+def openable_note(openable: int, ranked: int) -> str:
+    """How many of the ranked images can be opened (their predictions are saved by both runs), and how to keep all."""
+    if openable == ranked:
+        return f"All {ranked} ranked images have predictions saved by both runs: pick one to see them."
+    return (f"{openable} of the {ranked} ranked images can be opened: only those have predictions saved by both runs "
+            "(predictions/). To keep every image's, set `export.num_prediction_images: null` (the default for new runs) "
+            "in the run's config.yaml and run `mscl export RUN`.")
+
+
+def _open_predictions(per_image: pd.DataFrame, selection: common.RunSelection, saved: set[str]) -> None:
+    """A picker over the ranked images whose predictions both runs saved (``saved``), and those predictions."""
+    openable = [image_id for image_id in per_image["image_id"] if image_id in saved]
+    if not openable:
+        st.info(f"None of the {len(per_image)} ranked images has predictions saved by both runs (predictions/index.csv).")
+        return
+    st.caption(openable_note(len(openable), len(per_image)))
+    image_id = st.selectbox("Show the predictions of", openable, key="iou_image",
+                            format_func=lambda image_id: _image_label(per_image, image_id),
+                            help="Only images whose predictions both runs saved (predictions/) can be shown.")
+    labelled = selection.labelled()
+    common.show_prediction(labelled, image_id, key="iou-prediction")
+    common.palette_legend(labelled[0][1])
 
 
 def render() -> None:
@@ -100,18 +125,10 @@ def render() -> None:
             common.show_figure(figures.per_image_diff_figure(per_image, label_a, label_b), key="per-image-diff",
                                file_stem="per_image_diff")
         with right:
-            st.dataframe(_in_percent(per_image.drop(columns="image_index")), hide_index=True, height=360,
-                         column_config=IOU_COLUMNS)
-        saved = set(run_selection.shared_prediction_ids(selection.runs))
-        shown = [image_id for image_id in per_image["image_id"] if image_id in saved]
-        if not shown:
-            st.info("None of these images has saved predictions in both runs (predictions/index.csv).")
-            return
-        image_id = st.selectbox("Show the predictions of", shown, key="iou_image",
-                                format_func=lambda image_id: _image_label(per_image, image_id),
-                                help="Only images whose predictions both runs saved (predictions/) can be shown.")
-        common.show_prediction(labelled, image_id, key="iou-prediction")
-        common.palette_legend(run_a)
+            saved = set(run_selection.shared_prediction_ids(selection.runs))
+            shown = _in_percent(per_image.drop(columns="image_index")).assign(saved=per_image["image_id"].isin(saved))
+            st.dataframe(shown, hide_index=True, height=360, column_config=IOU_COLUMNS)
+        _open_predictions(per_image, selection, saved)
 
 
 with common.artifact_guard():

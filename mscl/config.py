@@ -20,7 +20,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import torch
 import yaml
 from pydantic import (
     AfterValidator,
@@ -39,7 +38,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from mscl.data import available_datasets
-from mscl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mscl.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from runformat.names import RUN_NAME_RULE, is_run_name
 
 LossPreset = Literal["ce", "ms", "ms+cs"]
@@ -230,6 +229,8 @@ class TrainConfig(_Section):
     @classmethod
     def _torch_device(cls, value: str) -> str:
         if value != "auto":
+            import torch
+
             try:
                 torch.device(value)
             except RuntimeError:
@@ -241,7 +242,9 @@ class ExportConfig(_Section):
     """What the run keeps for the workbench: embeddings sample, predictions, dense maps (docs/workbench.md)."""
 
     num_pixels: PositiveInt = 4000
-    num_prediction_images: NonNegativeInt = 8
+    num_prediction_images: NonNegativeInt | None = Field(
+        None, description="evaluated images whose predictions predictions/ keeps, evenly spaced; null = every one "
+                          "(the IoU page can open any image it ranks)")
     num_dense_images: NonNegativeInt = 3
     project: StrictBool = True
     snapshots: StrictBool = Field(True, description="keep an embedding snapshot of fixed val pixels at every validation "

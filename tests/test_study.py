@@ -3,6 +3,7 @@ evaluation of extra splits — on small synthetic runs with a known effect and o
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import re
@@ -287,14 +288,18 @@ def test_readme_study_example_prints_the_sentence_it_documents(monkeypatch: pyte
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def test_forest_figure_draws_each_interval(tmp_path: Path) -> None:
+def test_forest_figure_draws_each_interval_in_percentage_points(tmp_path: Path) -> None:
     root = toy_study(tmp_path, {0: 0.30, 1: 0.34, 2: 0.32}, {0: 0.32, 1: 0.35, 2: 0.35})
     table = study.compare_arms(root)
-    trace = study_figures.forest_figure(table).data[0]
+    fig = study_figures.forest_figure(table)
+    trace = fig.data[0]
     assert list(trace.y) == table["metric"].tolist()
-    np.testing.assert_allclose(np.asarray(trace.x), table["diff"])
-    np.testing.assert_allclose(np.asarray(trace.x) + np.asarray(trace.error_x.array), table["ci_high"])
-    np.testing.assert_allclose(np.asarray(trace.x) - np.asarray(trace.error_x.arrayminus), table["ci_low"])
+    np.testing.assert_allclose(np.asarray(trace.x), 100 * table["diff"])
+    assert trace.x[0] == pytest.approx(2.0)  # (0.02 + 0.01 + 0.03) / 3 as points
+    np.testing.assert_allclose(np.asarray(trace.x) + np.asarray(trace.error_x.array), 100 * table["ci_high"])
+    np.testing.assert_allclose(np.asarray(trace.x) - np.asarray(trace.error_x.arrayminus), 100 * table["ci_low"])
+    assert fig.layout.xaxis.title.text == "difference ms+cs − ce (percentage points)"
+    assert table["diff"].iloc[0] == pytest.approx(0.02)  # compare_arms keeps the stored fractions
     with pytest.raises(ValueError, match="needs a non-empty compare_arms table"):
         study_figures.forest_figure(table.iloc[:0])
 
@@ -303,12 +308,28 @@ def test_per_seed_figure_has_one_line_per_arm(tmp_path: Path) -> None:
     values = study.seed_values(toy_study(tmp_path, {0: 0.30, 1: 0.34}, {0: 0.32, 1: 0.35}))
     fig = study_figures.per_seed_figure(values)
     assert [trace.name for trace in fig.data] == ["ce", "ms+cs"]
-    assert list(fig.data[1].y) == [0.32, 0.35] and list(fig.data[1].x) == ["0", "1"]
+    np.testing.assert_allclose(fig.data[1].y, [32.0, 35.0])
+    assert list(fig.data[1].x) == ["0", "1"] and fig.layout.yaxis.title.text == "mIoU (%)"
     with pytest.raises(ValueError, match="metric must be one of"):
         study_figures.per_seed_figure(values, "acc")
 
 
 # ------------------------------------------------------------------------------------------------ the page
+
+
+def test_per_image_histogram_and_tables_in_percent(tmp_path: Path) -> None:
+    write_study_run(tmp_path / "ce-s0", "ce", 0, 0.3, image_miou=[0.1, 0.2, 0.3, 0.4, 0.5])
+    write_study_run(tmp_path / "mscs-s0", "ms+cs", 0, 0.3, image_miou=[0.2, 0.2, 0.25, 0.5, 0.5])
+    differences = study.per_image_differences(tmp_path)
+    fig = study_figures.per_image_histogram(differences)
+    np.testing.assert_allclose(sorted(fig.data[0].x), [-5.0, 0.0, 0.0, 10.0, 10.0], atol=1e-9)
+    assert fig.layout.xaxis.title.text == "difference (percentage points)"
+    shown = study_figures.in_percent(differences)
+    np.testing.assert_allclose(shown["miou_a"], 100 * differences["miou_a"])
+    assert shown["seed"].tolist() == differences["seed"].tolist()
+    spread = study_figures.in_percent(study.seed_spread(study.seed_values(tmp_path)))
+    assert spread["mean"].tolist() == pytest.approx([30.0, 70.0, 30.0, 70.0]) and spread["n_seeds"].tolist() == [1] * 4
+
 
 
 def open_study_page(root: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
@@ -332,6 +353,39 @@ def test_study_page_renders_on_the_committed_runs(monkeypatch: pytest.MonkeyPatc
     assert any(sentence in item.value for item in app.markdown)
     assert len(app.get("plotly_chart")) == 3
     assert len(app.get("download_button")) >= 3
+
+
+def plotly_array(value: list | dict) -> np.ndarray:
+    """The numbers of a plotly JSON array (a list, or the base64 ``bdata`` form of plotly 6)."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+    return np.asarray(value, dtype=float)
+
+
+def shown_cell(element, metric: str, column: str) -> tuple[str, str]:
+    """A cell of an ``st.dataframe`` as the page formats it (the column's printf format applied to its value)."""
+    config = json.loads(element.proto.columns)[column]
+    value = element.value.set_index("metric").loc[metric, column]
+    return config["type_config"]["format"] % value, config["label"]
+
+
+@pytest.mark.skipif(not LITE0.is_dir(), reason="results/camvid-lite0 is not in this checkout")
+def test_study_page_shows_the_lite0_effect_in_percent(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = open_study_page(LITE0, monkeypatch)
+    effects, spread = app.dataframe[0], app.dataframe[1]
+    assert shown_cell(effects, "mIoU", "diff") == ("+1.45", "B − A (points)")
+    assert shown_cell(effects, "mIoU", "ci_low") == ("+0.13", "95 % CI low (points)")
+    assert shown_cell(effects, "mIoU", "ci_high") == ("+2.76", "95 % CI high (points)")
+    assert shown_cell(effects, "mIoU", "p_value") == ("0.042", "p")
+    comparison = study.compare_arms(LITE0)
+    expected_a = comparison.set_index("metric").loc["mIoU", "mean_a"]
+    assert shown_cell(effects, "mIoU", "mean_a") == (f"{100 * expected_a:.2f}", "mean A (%)")
+    assert 20 < effects.value.set_index("metric").loc["mIoU", "mean_a"] < 60
+    expected_spread = study.seed_spread(study.seed_values(LITE0))
+    np.testing.assert_allclose(spread.value["mean"], 100 * expected_spread["mean"])
+    forest = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert plotly_array(forest["x"])[0] == pytest.approx(1.45, abs=5e-3)
+    assert any("median difference" in item.value and item.value.endswith(" points.") for item in app.caption)
 
 
 def test_study_page_reports_a_missing_seed_and_follows_the_arm_choice(tmp_path: Path,

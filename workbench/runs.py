@@ -9,6 +9,7 @@ predictions) in bounded LRU caches.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import zipfile
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image
 
 from runformat import READABLE_FORMAT_VERSIONS, RunStatus, layout
 from runformat import paths as run_paths
@@ -125,6 +127,16 @@ def _captured_hint(artifact: str) -> str:
     if top == "projections":
         return "call `workbench.projections.precompute_projections(run)`"
     return "run `mscl capture ... --overwrite` again to rewrite its eval/, predictions/ and embeddings/"
+
+
+def _decode_image(encoded: np.ndarray, artifact: str, run_path: Path) -> np.ndarray:
+    """The uint8 [H, W, 3] image of an archive's ``image_jpeg`` bytes (Pillow), or RunFormatError naming the file."""
+    try:
+        with Image.open(io.BytesIO(np.asarray(encoded, dtype=np.uint8).tobytes())) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise RunFormatError(f"{artifact}: 'image_jpeg' cannot be decoded as an image ({err}); "
+                             f"rewrite the predictions with `mscl export {run_path}`") from err
 
 
 class _LRU:
@@ -657,7 +669,10 @@ class Run:
         return self._prediction_index()["image_id"].tolist()
 
     def prediction(self, image_id: str) -> dict[str, np.ndarray]:
-        """``image`` uint8 [H, W, 3], ``label`` and ``prediction`` int64 [H, W] of one image."""
+        """``image`` uint8 [H, W, 3], ``label`` and ``prediction`` int64 [H, W] of one image.
+
+        The archive holds the image as JPEG bytes (``image_jpeg``) and uint8 labels where the classes fit, or, as
+        written before, the raw ``image`` and int16 labels (docs/run-format.md); both read the same."""
         index = self._prediction_index()
         rows = index[index["image_id"] == str(image_id)]
         if rows.empty:
@@ -666,10 +681,12 @@ class Run:
 
         def load() -> dict[str, np.ndarray]:
             data = self._npz(artifact)
-            missing = [k for k in ("image", "label", "prediction") if k not in data]
+            missing = [k for k in ("label", "prediction") if k not in data]
+            if "image" not in data and "image_jpeg" not in data:
+                missing.insert(0, "image or image_jpeg")
             if missing:
                 raise RunFormatError(f"{artifact}: missing array(s) {missing}")
-            image = data["image"]
+            image = data["image"] if "image" in data else _decode_image(data["image_jpeg"], artifact, self.path)
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise RunFormatError(f"{artifact}: 'image' must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
             for key in ("label", "prediction"):

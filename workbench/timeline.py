@@ -68,6 +68,7 @@ TIMELINE_COLUMNS = ("step", "stage", "kind", "metric", "value", "miou")
 STAGE_COLORS = qualitative.D3
 RUN_DASHES = ("solid", "dash", "dot", "dashdot")
 MIOU_COLOR = "rgb(90,90,90)"
+PERCENT = 100.0
 
 
 def snapshot_stamp(run: Run) -> int:
@@ -157,7 +158,8 @@ def step_maps(run: Run, stage: int, kind: str = "projected", method: str = "pca"
 def timeline_figure(tables: Mapping[str, pd.DataFrame], metric: str, kind: str,
                     stages: Sequence[int] | None = None) -> go.Figure:
     """One metric per stage over training for several runs (colour = stage, dash = run), and each run's validation
-    mIoU on a second y axis. ``tables`` maps a run label to its ``timeline`` table."""
+    mIoU in percent (docs/workbench.md, "Numbers") on a second y axis. ``tables`` maps a run label to its ``timeline``
+    table (``miou`` a fraction, as ``metrics/val.csv`` stores it)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -175,7 +177,8 @@ def timeline_figure(tables: Mapping[str, pd.DataFrame], metric: str, kind: str,
             drawn = True
         steps = table.drop_duplicates("step").sort_values("step")
         fig.add_trace(go.Scatter(
-            x=steps["step"], y=steps["miou"], mode="lines+markers", name=f"{label} · val mIoU", legendgroup=label,
+            x=steps["step"], y=PERCENT * steps["miou"].to_numpy(dtype=np.float64), mode="lines+markers",
+            name=f"{label} · val mIoU", legendgroup=label, hovertemplate="%{y:.2f} %",
             line={"color": MIOU_COLOR, "dash": dash, "width": 3}, marker={"symbol": "diamond"},
         ), secondary_y=True)
     if not drawn:
@@ -184,7 +187,7 @@ def timeline_figure(tables: Mapping[str, pd.DataFrame], metric: str, kind: str,
                             "prototype_similarity" else ""))
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text=f"{METRIC_LABELS[metric]} ({kind})", secondary_y=False)
-    fig.update_yaxes(title_text="val mIoU", secondary_y=True)
+    fig.update_yaxes(title_text="val mIoU (%)", secondary_y=True)
     fig.update_layout(title=f"{METRIC_LABELS[metric]} per stage over training", hovermode="x unified", height=520,
                       legend={"orientation": "h", "yanchor": "top", "y": -0.18, "xanchor": "left", "x": 0})
     return fig
