@@ -275,7 +275,7 @@ def capture_run(
     model_name: str | None = None,
     details: Mapping[str, Any] | None = None,
     num_pixels: int = 4000,
-    num_prediction_images: int = 8,
+    num_prediction_images: int | None = None,
     num_dense_images: int = 3,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -290,7 +290,7 @@ def capture_run(
     and the logits are resized bilinearly to each batch's label size. Batches are mscl dataset items
     (``image``, ``label``, ``index``, ``image_id``) and the dataset provides ``load_raw(index)``. The
     artifacts are those of ``mscl export`` (``mscl.export.export_artifacts``: ``num_pixels`` pixel
-    embeddings sampled class-balanced with ``seed``, ``num_prediction_images`` predictions, dense maps of
+    embeddings sampled class-balanced with ``seed``, ``num_prediction_images`` predictions (None: every image), dense maps of
     ``num_dense_images``). ``details`` are stored under ``run.json`` ``capture``; ``project`` fills the
     2-D projection cache (``python -m workbench project`` in a child process). Returns the run directory.
     """

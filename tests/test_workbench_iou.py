@@ -96,3 +96,14 @@ def test_runs_of_different_datasets_are_rejected(tmp_path) -> None:
     run_b = load_run(write_fake_run(tmp_path / "b", num_classes=5))
     with pytest.raises(ValueError, match="different classes"):
         per_class_iou_diff(run_a, run_b)
+
+
+def test_writer_and_reader_share_one_iou_definition() -> None:
+    import mscl.metrics
+    import runformat.metrics
+
+    conf = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
+    assert mscl.metrics.iou_per_class is runformat.metrics.iou_per_class
+    np.testing.assert_array_equal(iou_from_confusion(conf), runformat.metrics.iou_per_class(conf))
+    np.testing.assert_allclose(iou_from_confusion(conf)[:2], [5 / 8, 3 / 6])
+    assert np.isnan(iou_from_confusion(conf)[2])

@@ -1,8 +1,8 @@
 """Per-class IoU, confusion matrices and their differences between two runs (`docs/workbench.md`, view 5).
 
 IoU_c = TP / (TP + FP + FN) over the whole split, from the confusion matrix (rows = ground truth,
-columns = prediction). Classes absent from both ground truth and prediction get NaN and are left out
-of the mean.
+columns = prediction), as ``runformat.metrics`` defines it for the writer too. Classes absent from both ground
+truth and prediction get NaN and are left out of the mean.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from runformat.metrics import iou_per_class
 
 if TYPE_CHECKING:
     from workbench.runs import Run
@@ -36,10 +38,7 @@ def _check_confusion(conf: np.ndarray) -> np.ndarray:
 
 def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
     """Per-class IoU [C]; NaN where the class is absent from both ground truth and prediction."""
-    conf = _check_confusion(conf)
-    tp = np.diag(conf)
-    union = conf.sum(axis=0) + conf.sum(axis=1) - tp
-    return np.divide(tp, union, out=np.full_like(tp, np.nan), where=union > 0)
+    return iou_per_class(_check_confusion(conf))
 
 
 def mean_iou(ious: np.ndarray) -> float:
