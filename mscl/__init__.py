@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
-from mscl.losses import MSCSLoss, supervised_infonce  # noqa: E402
-
 __all__ = ["MSCSLoss", "supervised_infonce", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    """The losses load on first use, so that the ``mscl`` command line starts without importing torch."""
+    if name in ("MSCSLoss", "supervised_infonce"):
+        from mscl import losses
+
+        return getattr(losses, name)
+    raise AttributeError(f"module 'mscl' has no attribute {name!r}")

@@ -7,10 +7,12 @@ the same process several-fold), and ``mscl`` stays free of workbench imports.
 
 from __future__ import annotations
 
+import codecs
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 
 class ProjectionError(RuntimeError):
@@ -41,24 +43,39 @@ def projection_command(run_dir: str | Path, seed: int) -> list[str]:
     return [sys.executable, "-m", "workbench", "project", str(run_dir), "--seed", str(seed)]
 
 
+def _relay(stream: IO[bytes], keep: int = 4096) -> str:
+    """Copy a child's stderr to this process's stderr as it arrives (its progress bar included); returns the last
+    ``keep`` characters."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = ""
+    while chunk := stream.read1(keep):
+        text = decoder.decode(chunk)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        tail = (tail + text)[-keep:]
+    return tail
+
+
 def project_in_child_process(run_dir: str | Path, seed: int, capture: bool = True) -> int:
     """Run ``projection_command`` as a child process and wait for it; returns its exit status.
 
     If this process is interrupted (Ctrl-C, or SIGTERM turned into KeyboardInterrupt) the child is stopped
     before the interruption goes on; on Linux the child also ends when this process is killed. With
-    ``capture`` (end of training, ``mscl export``) its output is kept and a failure raises ProjectionError
-    with the child's last error line; without it (``mscl project``) the child writes to this terminal.
+    ``capture`` (end of training, ``mscl export``) its stdout is dropped, its stderr (the progress bar) is relayed
+    to this process's stderr, and a failure raises ProjectionError with the child's last error line; without it
+    (``mscl project``) the child writes to this terminal.
     """
-    pipe = subprocess.PIPE if capture else None
     preexec = _stop_with_parent if sys.platform == "linux" else None
-    process = subprocess.Popen(projection_command(run_dir, seed), stdout=pipe, stderr=pipe, text=True, preexec_fn=preexec)
+    process = subprocess.Popen(projection_command(run_dir, seed), stdout=subprocess.DEVNULL if capture else None,
+                               stderr=subprocess.PIPE if capture else None, preexec_fn=preexec)
     try:
-        _, errors = process.communicate()
+        errors = _relay(process.stderr) if capture else ""
+        process.wait()
     except BaseException:
         stop_child(process)
         raise
     if capture and process.returncode != 0:
-        lines = [line for line in (errors or "").splitlines() if line.strip()]
+        lines = [line for line in errors.replace("\r", "\n").splitlines() if line.strip()]
         reason = lines[-1] if lines else f"exit status {process.returncode}"
         raise ProjectionError(f"precomputing the projections of {run_dir} failed: {reason}; retry with python -m workbench project {run_dir}")
     return process.returncode

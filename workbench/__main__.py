@@ -3,10 +3,11 @@
 ``project`` fills a run's 2-D projection cache (``projections/``, docs/run-format.md) with the parameters the
 app uses by default (``workbench.projections.precompute_projections``, docs/workbench.md view 2): PCA, UMAP and
 t-SNE maps of every stage and kind, and the stage-aligned set of each. It prints its progress on stderr as a
-progress bar (``projections:  42%|...| 42/100 [00:12] umap projected ...``; warnings of the numerical libraries
-are silenced) and, at the end, ``N projections cached under FOLDER`` on stdout. ``mscl train`` (at its end),
-``mscl export`` and ``mscl project`` run it as a child process. A run the workbench cannot read stops it with one
-line naming the file and exit status 2; Ctrl-C stops it with exit status 130, keeping the maps already cached.
+progress bar (``projections:  42%|...| 42/100 [00:12], umap projected stages · stage 2 · UMAP epoch 120/200``;
+warnings of the numerical libraries are silenced) and, at the end, ``N projections cached under FOLDER`` on stdout.
+``mscl train`` (at its end), ``mscl export`` and ``mscl project`` run it as a child process and show its progress
+bar. A run the workbench cannot read stops it with one line naming the file and exit status 2; Ctrl-C stops it
+with exit status 130, keeping the maps already cached.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from workbench.projection_methods import ALIGNED_METHODS, METHODS, quiet_third_p
 from workbench.projections import DEFAULT_MAX_POINTS, DEFAULT_SEED, precompute_projections
 from workbench.runs import EMBEDDING_KINDS, RunFormatError, load_run
 
-PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n}/{total} [{elapsed}] {postfix}"
+PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n}/{total} [{elapsed}]{postfix}"
 """tqdm format of the progress bar; ``n/total`` is percent, so ``workbench.export_job.parse_progress`` reads it."""
 
 
 def cmd_project(args: argparse.Namespace) -> int:
     """Precompute the single-panel and stage-aligned projections of one run, with a progress bar on stderr."""
     run = load_run(args.run)
+    run.embedding_meta()  # a malformed or missing embedding sample stops here with one line, before any progress bar
     with tqdm(total=100, desc="projections", bar_format=PROGRESS_FORMAT, file=sys.stderr, mininterval=0.5,
               disable=args.quiet) as bar:
         def report(fraction: float, message: str) -> None:

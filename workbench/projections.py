@@ -1,48 +1,68 @@
-"""2-D maps (UMAP, t-SNE, PCA) of per-stage pixel embeddings, cached on disk (shared docs/workbench.md, view 2).
+"""2-D maps (UMAP, t-SNE, PCA) of per-stage pixel embeddings of runs, cached on disk (docs/workbench.md, view 2).
 
-Cache: ``RUN/projections/<key>.npz`` with ``coords`` [M, 2] float32, ``pixels`` [M] int64 (embedding
-rows) and ``params`` (JSON). The key is the SHA-1 of stage, kind, method, the sorted parameters, the
-seed and a hash of the pixel rows; the file also records the size and modification time of the
-embeddings file it was computed from and is recomputed when they changed (re-export). Aligned sets
-go to ``RUN/projections/aligned-<key>.npz`` (first run of the set) with ``coords`` [P, M, 2] and
-``pixels`` [P, M]. Files are written atomically (temporary file + ``os.replace``).
+The maps themselves are computed by ``workbench.projection_methods`` (method details there); this module picks
+the pixels, keys and stores the results, and aligns panels.
 
-Aligned panels show the same pixels in every panel: UMAP via ``umap.AlignedUMAP`` with identity
-relations between consecutive panels; t-SNE with one shared initialisation (PCA of the first panel,
-scaled to std 1e-4 as sklearn does); PCA fits each panel and rotates/reflects it onto the first by
-orthogonal Procrustes. Across runs, pixels are matched on (image_id, y, x): when the runs' pixel tables
-differ, only pixels present in every run are used (``aligned_pixel_rows``).
+Cache: ``<cache folder>/<key>.npz`` with ``coords`` [M, 2] float32, ``pixels`` [M] int64 (embedding
+rows) and ``params`` (JSON). The cache folder (:func:`cache_dir`) is ``RUN/projections`` for a run folder
+you can write to; for runs shipped with the repository (``sample_data/``, ``results/``) and for read-only run
+folders it is ``<user cache>/projections/<run name>-<path hash>`` (user cache: ``$MSCL_WORKBENCH_CACHE``,
+else the platform's user cache folder for ``mscl-workbench``), so the app never writes into the repository.
+Reads look in ``RUN/projections`` first (caches shipped with a run), then in the user cache. The key is the
+SHA-1 of the cache format, stage, kind, method, the sorted parameters, the seed and a hash of the pixel rows;
+the file also records the size and SHA-1 of the embeddings file it was computed from and is recomputed when they
+changed (re-export). Aligned sets go to ``aligned-<key>.npz`` in the cache folder of the first run of the set,
+with ``coords`` [P, M, 2] and ``pixels`` [P, M]. Files are written atomically (``runformat.atomic``).
 
-PCA and t-SNE use L2-normalised rows by default (``normalize=True``), UMAP the cosine metric: all
-three look at the cosine geometry the contrastive loss shapes.
+Aligned panels show the same pixels in every panel (``projection_methods.chained_maps``): the first panel is
+the single map of its stage (read from its cache), each further panel's UMAP or t-SNE is started from the
+previous panel's map, and every panel is centred and rotated/reflected onto the previous one (orthogonal
+Procrustes); PCA panels are only rotated. Method ``umap-joint`` fits all panels jointly with ``umap.AlignedUMAP``
+instead (slower). Across runs, pixels are matched on (image_id, y, x): when the runs' pixel tables differ, only
+pixels present in every run are used (``aligned_pixel_rows``).
+
+Every computing function takes ``progress`` (a ``workbench.progress.Progress``: progress reports and a cancel
+event); a cancelled computation raises ``ProjectionCancelled`` and caches nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import orthogonal_procrustes
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
-from threadpoolctl import threadpool_limits
 
+from runformat.atomic import atomic_file
+from workbench.progress import CancelEvent, Progress, ProgressCallback, as_progress
+from workbench.projection_methods import (
+    ALIGNED_METHODS,
+    CACHE_ENV_VAR,
+    DEFAULT_PARAMS,
+    METHODS,
+    REFINED_PARAMS,
+    chained_maps,
+    check_matrix,
+    joint_umap,
+    merge_params,
+    project,
+    user_cache_root,
+)
 from workbench.runs import Run
-from workbench.separability import l2_normalize
 
 __all__ = [
     "METHODS",
+    "ALIGNED_METHODS",
     "DEFAULT_MAX_POINTS",
     "DEFAULT_SEED",
     "DEFAULT_PARAMS",
+    "REFINED_PARAMS",
     "project",
     "select_pixels",
     "projection",
@@ -51,89 +71,20 @@ __all__ = [
     "aligned_cache_path",
     "aligned_projections",
     "precompute_projections",
+    "CACHE_ENV_VAR",
+    "cache_dir",
+    "user_cache_root",
 ]
 
-METHODS = ("umap", "tsne", "pca")
+logger = logging.getLogger(__name__)
+
 DEFAULT_MAX_POINTS = 20000
 DEFAULT_SEED = 0
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "umap": {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"},
-    "tsne": {"perplexity": 30.0, "metric": "cosine", "normalize": True},
-    "pca": {"normalize": True},
-}
-CACHE_FORMAT = 1
-_SMALL_TSNE_POINTS = 2000
-
-
-def _params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    if method not in METHODS:
-        raise ValueError(f"projection method must be one of {METHODS}, got {method!r}")
-    allowed = {"umap": {"n_neighbors", "min_dist", "metric", "spread", "n_epochs"},
-               "tsne": {"perplexity", "metric", "learning_rate", "early_exaggeration", "max_iter", "normalize"},
-               "pca": {"normalize"}}[method]
-    unknown = set(params) - allowed
-    if unknown:
-        raise ValueError(f"unknown {method} parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return {**DEFAULT_PARAMS[method], **params}
-
-
-def _check_matrix(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2 or X.shape[0] < 3:
-        raise ValueError(f"projection needs a matrix [M >= 3, D], got shape {X.shape}")
-    if not np.isfinite(X).all():
-        raise ValueError("projection input contains NaN or infinite values")
-    return X
-
-
-def _umap_model(params: dict[str, Any], seed: int, aligned: bool = False) -> Any:
-    import umap
-
-    kwargs = {"n_components": 2, "random_state": seed, **params}
-    if aligned:
-        return umap.AlignedUMAP(**kwargs)
-    return umap.UMAP(n_jobs=1, **kwargs)
-
-
-@contextmanager
-def _seeded_umap_warning_silenced() -> Iterator[None]:
-    """umap warns that a seed disables parallelism; seeding is deliberate here (reproducible maps)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="n_jobs value .* overridden", category=UserWarning)
-        yield
-
-
-def _tsne(X: np.ndarray, params: dict[str, Any], seed: int, init: np.ndarray | str = "pca") -> np.ndarray:
-    perplexity = float(params["perplexity"])
-    if perplexity >= X.shape[0]:
-        raise ValueError(f"t-SNE perplexity ({perplexity}) must be smaller than the number of points ({X.shape[0]})")
-    kwargs = {k: v for k, v in params.items() if k != "normalize"}
-    data = l2_normalize(X) if params["normalize"] else X
-    model = TSNE(n_components=2, random_state=seed, init=init, **kwargs)
-    if X.shape[0] < _SMALL_TSNE_POINTS:
-        # OpenMP threads only add overhead for small inputs, and spin badly on a busy machine
-        with threadpool_limits(limits=1, user_api="openmp"):
-            return model.fit_transform(data)
-    return model.fit_transform(data)
-
-
-def _pca(X: np.ndarray, params: dict[str, Any], seed: int) -> np.ndarray:
-    data = l2_normalize(X) if params["normalize"] else np.asarray(X, dtype=np.float64)
-    return PCA(n_components=2, random_state=seed).fit_transform(data)
-
-
-def project(X: np.ndarray, method: str = "umap", seed: int = 0, **params: Any) -> np.ndarray:
-    """2-D map of the rows of X (float32 [M, 2]); parameters default to ``DEFAULT_PARAMS[method]``."""
-    X = _check_matrix(X)
-    params = _params(method, params)
-    if method == "umap":
-        with _seeded_umap_warning_silenced():
-            coords = _umap_model(params, seed).fit_transform(X)
-    elif method == "tsne":
-        coords = _tsne(X, params, seed)
-    else:
-        coords = _pca(X, params, seed)
-    return np.asarray(coords, dtype=np.float32)
+CACHE_FORMAT = 2
+"""Part of every cache key: format 1 maps (scikit-learn t-SNE, spectral-initialised UMAP) are not reused."""
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_RUN_FOLDERS = (REPO_ROOT / "sample_data", REPO_ROOT / "results")
+"""Folders of the repository whose runs are shipped: their projection caches never go into the repository."""
 
 
 def _balanced_subset(labels: np.ndarray, candidates: np.ndarray, max_points: int, seed: int) -> np.ndarray:
@@ -196,13 +147,76 @@ def _resolve_pixels(run: Run, pixels: np.ndarray | None, seed: int) -> np.ndarra
     return pixels
 
 
+def _user_cache_dir(run: Run) -> Path:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", run.name)[:60] or "run"
+    return user_cache_root() / "projections" / f"{name}-{hashlib.sha1(str(run.path).encode()).hexdigest()[:12]}"
+
+
+def _is_shipped(run: Run) -> bool:
+    return any(run.path.is_relative_to(folder.resolve()) for folder in SHIPPED_RUN_FOLDERS)
+
+
+def cache_dir(run: Run) -> Path:
+    """The folder new projection caches of ``run`` are written to: ``RUN/projections`` when the run folder is
+    writable and not shipped with the repository (``sample_data/``, ``results/``), else the run's folder in
+    the user cache (:func:`user_cache_root`)."""
+    own = run.path / "projections"
+    writable = os.access(own if own.is_dir() else run.path, os.W_OK)
+    return own if writable and not _is_shipped(run) else _user_cache_dir(run)
+
+
+def _cache_candidates(run: Run, folder: Path | None) -> list[Path]:
+    """Folders a cache file of ``run`` is looked up in, in order (an explicit ``folder`` first)."""
+    found = [] if folder is None else [Path(folder)]
+    return found + [run.path / "projections", _user_cache_dir(run)]
+
+
+def _cache_file(run: Run, name: str, folder: Path | None) -> Path:
+    """The first existing ``name`` among the cache folders of ``run``, else where it will be written."""
+    for candidate in _cache_candidates(run, folder):
+        if (candidate / name).is_file():
+            return candidate / name
+    return (Path(folder) if folder is not None else cache_dir(run)) / name
+
+
+def _lookup(run: Run, name: str, folder: Path | None, pixels: np.ndarray, sources: list) -> np.ndarray | None:
+    """The first valid cached coords of ``name`` among the cache folders of ``run``, else None."""
+    for candidate in _cache_candidates(run, folder):
+        coords = _read_cache(candidate / name, pixels, sources)
+        if coords is not None:
+            return coords
+    return None
+
+
+def _store(run: Run, name: str, folder: Path | None, coords: np.ndarray, pixels: np.ndarray,
+           params: dict[str, Any]) -> None:
+    """Write a cache file to ``folder`` (default :func:`cache_dir`); when that folder cannot be written, to
+    the user cache; when neither can, log a warning and keep the map uncached."""
+    targets = list(dict.fromkeys([Path(folder) if folder is not None else cache_dir(run), _user_cache_dir(run)]))
+    for target in targets:
+        try:
+            _write_cache(target / name, coords, pixels, params)
+            return
+        except OSError as err:
+            reason = f"{target}: {err.strerror or err}"
+    logger.warning("projection of run %r not cached (%s); set %s to a writable folder", run.name, reason, CACHE_ENV_VAR)
+
+
+def _map_name(run: Run, stage: int, kind: str, method: str, pixels: np.ndarray, seed: int,
+              params: dict[str, Any]) -> str:
+    if method not in METHODS:
+        raise ValueError(f"a single map's method must be one of {METHODS}, got {method!r}")
+    key = _cache_key({"format": CACHE_FORMAT, "stage": stage, "kind": kind, "method": method,
+                      "params": merge_params(method, params), "seed": seed, "pixels": _pixel_hash(pixels)})
+    return f"{key}.npz"
+
+
 def projection_cache_path(run: Run, stage: int, kind: str = "projected", method: str = "umap",
-                          pixels: np.ndarray | None = None, seed: int = 0, **params: Any) -> Path:
-    """Where ``projection`` caches this projection (the file may not exist yet)."""
+                          pixels: np.ndarray | None = None, seed: int = 0, cache_folder: Path | None = None,
+                          **params: Any) -> Path:
+    """Where ``projection`` finds this projection's cache file, or will write it (see :func:`cache_dir`)."""
     pixels = _resolve_pixels(run, pixels, seed)
-    key = _cache_key({"stage": stage, "kind": kind, "method": method, "params": _params(method, params),
-                      "seed": seed, "pixels": _pixel_hash(pixels)})
-    return run.path / "projections" / f"{key}.npz"
+    return _cache_file(run, _map_name(run, stage, kind, method, pixels, seed, params), cache_folder)
 
 
 def _read_cache(path: Path, pixels: np.ndarray, sources: list) -> np.ndarray | None:
@@ -212,7 +226,7 @@ def _read_cache(path: Path, pixels: np.ndarray, sources: list) -> np.ndarray | N
     try:
         with np.load(path, allow_pickle=False) as data:
             coords, cached_pixels, params = data["coords"], data["pixels"], json.loads(str(data["params"]))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     if params.get("sources") != sources or not np.array_equal(cached_pixels, pixels) \
             or coords.shape != (*pixels.shape, 2):
@@ -221,28 +235,29 @@ def _read_cache(path: Path, pixels: np.ndarray, sources: list) -> np.ndarray | N
 
 
 def _write_cache(path: Path, coords: np.ndarray, pixels: np.ndarray, params: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, coords=coords.astype(np.float32), pixels=pixels.astype(np.int64),
+    """Compressed: the sorted pixel rows shrink several-fold (caches may ship with a run)."""
+    with atomic_file(path) as handle:
+        np.savez_compressed(handle, coords=coords.astype(np.float32), pixels=pixels.astype(np.int64),
                  params=np.array(json.dumps(params, sort_keys=True, default=str)))
-    os.replace(tmp, path)
 
 
 def projection(run: Run, stage: int, kind: str = "projected", method: str = "umap",
-               pixels: np.ndarray | None = None, seed: int = 0, **params: Any) -> np.ndarray:
+               pixels: np.ndarray | None = None, seed: int = 0, cache_folder: Path | None = None,
+               progress: Progress | ProgressCallback | None = None,
+               cancel: CancelEvent | None = None, **params: Any) -> np.ndarray:
     """2-D map (float32 [len(pixels), 2]) of embedding rows ``pixels`` (default: ``select_pixels(run)``)
-    of one stage/kind, read from or written to the on-disk cache."""
+    of one stage/kind, read from or written to the on-disk cache (``cache_folder``, default :func:`cache_dir`)."""
     pixels = _resolve_pixels(run, pixels, seed)
-    merged = _params(method, params)
-    path = projection_cache_path(run, stage, kind, method, pixels, seed, **params)
+    merged = merge_params(method, params)
+    name = _map_name(run, stage, kind, method, pixels, seed, params)
     sources = [_source_fingerprint(run, stage, kind)]
-    cached = _read_cache(path, pixels, sources)
+    cached = _lookup(run, name, cache_folder, pixels, sources)
     if cached is not None:
         return cached
-    coords = project(run.embeddings(stage, kind)[pixels], method=method, seed=seed, **merged)
-    _write_cache(path, coords, pixels, {"format": CACHE_FORMAT, "stage": stage, "kind": kind, "method": method,
-                                        "params": merged, "seed": seed, "sources": sources})
+    coords = project(run.embeddings(stage, kind)[pixels], method=method, seed=seed, progress=as_progress(progress, cancel),
+                     **merged)
+    _store(run, name, cache_folder, coords, pixels, {"format": CACHE_FORMAT, "stage": stage, "kind": kind,
+                                                     "method": method, "params": merged, "seed": seed, "sources": sources})
     return coords
 
 
@@ -285,96 +300,100 @@ def aligned_pixel_rows(runs: list[Run], pixels: np.ndarray | None = None, seed: 
     return [keys[f"row{number}"].to_numpy(dtype=np.int64) for number in range(len(runs))]
 
 
-def _procrustes_align(panels: list[np.ndarray]) -> list[np.ndarray]:
-    """Rotate/reflect every centred panel onto the first (orthogonal Procrustes)."""
-    reference = panels[0] - panels[0].mean(0)
-    aligned = [reference]
-    for coords in panels[1:]:
-        centred = coords - coords.mean(0)
-        rotation, _ = orthogonal_procrustes(centred, reference)
-        aligned.append(centred @ rotation)
-    return aligned
-
-
 def _aligned_plan(items: list[tuple[Run, int, str]], method: str, pixels: np.ndarray | None, seed: int,
-                  params: dict[str, Any]) -> tuple[list[np.ndarray], dict[str, Any], Path]:
-    """Pixel rows per item, merged parameters and cache file of an aligned projection."""
+                  params: dict[str, Any]) -> tuple[list[np.ndarray], dict[str, Any], str]:
+    """Pixel rows per item, merged parameters and cache file name of an aligned projection."""
     if not items:
         raise ValueError("aligned projections need at least one (run, stage, kind) item")
-    merged = _params(method, params)
+    merged = merge_params(method, params)
     unique_runs = list({id(run): run for run, _, _ in items}.values())
     run_rows = dict(zip((id(run) for run in unique_runs), aligned_pixel_rows(unique_runs, pixels, seed)))
     rows = [run_rows[id(run)] for run, _, _ in items]
-    key = _cache_key({"aligned": [[_run_identity(run), stage, kind] for run, stage, kind in items], "method": method,
-                      "params": merged, "seed": seed, "pixels": [_pixel_hash(r) for r in rows]})
-    return rows, merged, items[0][0].path / "projections" / f"aligned-{key}.npz"
+    key = _cache_key({"format": CACHE_FORMAT, "aligned": [[_run_identity(run), stage, kind] for run, stage, kind in items],
+                      "method": method, "params": merged, "seed": seed, "pixels": [_pixel_hash(r) for r in rows]})
+    return rows, merged, f"aligned-{key}.npz"
 
 
 def aligned_cache_path(items: list[tuple[Run, int, str]], method: str = "umap", pixels: np.ndarray | None = None,
-                       seed: int = 0, **params: Any) -> Path:
-    """Where ``aligned_projections`` caches these panels (the file may not exist yet)."""
-    return _aligned_plan(items, method, pixels, seed, params)[2]
+                       seed: int = 0, cache_folder: Path | None = None, **params: Any) -> Path:
+    """Where ``aligned_projections`` finds these panels' cache file, or will write it (first run's cache folder)."""
+    return _cache_file(items[0][0], _aligned_plan(items, method, pixels, seed, params)[2], cache_folder)
 
 
 def aligned_projections(items: list[tuple[Run, int, str]], method: str = "umap",
-                        pixels: np.ndarray | None = None, seed: int = 0, **params: Any) -> list[np.ndarray]:
+                        pixels: np.ndarray | None = None, seed: int = 0, cache_folder: Path | None = None,
+                        progress: Progress | ProgressCallback | None = None,
+                        cancel: CancelEvent | None = None, **params: Any) -> list[np.ndarray]:
     """One 2-D map per (run, stage, kind) panel over the same pixels, so panels compare point by point.
 
-    Row i of every panel is the pixel ``aligned_pixel_rows(runs, pixels, seed)[run][i]``. Cached under
-    the first run's projections/ folder (a single item uses ``projection``'s cache).
+    Row i of every panel is the pixel ``aligned_pixel_rows(runs, pixels, seed)[run][i]``. ``method``: one of
+    ``ALIGNED_METHODS`` (see the module doc). Cached under the first run's cache folder (``cache_folder``,
+    default :func:`cache_dir`); a single item is the single map of ``projection`` (``umap-joint``: ``umap``).
     """
-    rows, merged, path = _aligned_plan(items, method, pixels, seed, params)
+    rows, merged, name = _aligned_plan(items, method, pixels, seed, params)
+    single = "umap" if method == "umap-joint" else method
     if len(items) == 1:
         run, stage, kind = items[0]
-        return [projection(run, stage, kind, method, pixels=rows[0], seed=seed, **merged)]
+        return [projection(run, stage, kind, single, pixels=rows[0], seed=seed, cache_folder=cache_folder,
+                           progress=progress, cancel=cancel, **merged)]
     sources = [_source_fingerprint(run, stage, kind) for run, stage, kind in items]
     stacked_rows = np.stack(rows)
-    cached = _read_cache(path, stacked_rows, sources)
+    cached = _lookup(items[0][0], name, cache_folder, stacked_rows, sources)
     if cached is not None:
         return list(cached)
-    data = [_check_matrix(run.embeddings(stage, kind)[r]) for (run, stage, kind), r in zip(items, rows)]
-    if method == "umap":
-        identity = {i: i for i in range(len(rows[0]))}
-        model = _umap_model(merged, seed, aligned=True)
-        with _seeded_umap_warning_silenced():
-            model.fit(data, relations=[identity] * (len(data) - 1))
-        panels = [np.asarray(e, dtype=np.float64) for e in model.embeddings_]
-    elif method == "tsne":
-        first = l2_normalize(data[0]) if merged["normalize"] else data[0]
-        init = PCA(n_components=2, random_state=seed).fit_transform(first)
-        init = init / np.std(init[:, 0]) * 1e-4
-        panels = [_tsne(X, merged, seed, init=init) for X in data]
+    progress = as_progress(progress, cancel)
+    data = [check_matrix(run.embeddings(stage, kind)[r]) for (run, stage, kind), r in zip(items, rows)]
+    if method == "umap-joint":
+        panels = joint_umap(data, seed=seed, progress=progress, **merged)
     else:
-        panels = _procrustes_align([_pca(X, merged, seed) for X in data])
+        run, stage, kind = items[0]
+        first = projection(run, stage, kind, method, pixels=rows[0], seed=seed, cache_folder=cache_folder,
+                           progress=progress.part(0, len(items), f"panel 1/{len(items)}"), **merged)
+        panels = chained_maps(data, method, seed=seed, first=first, progress=progress, **merged)
     coords = np.stack(panels).astype(np.float32)
-    _write_cache(path, coords, stacked_rows, {
+    _store(items[0][0], name, cache_folder, coords, stacked_rows, {
         "format": CACHE_FORMAT, "items": [[_run_identity(run), stage, kind] for run, stage, kind in items],
         "method": method, "params": merged, "seed": seed, "sources": sources})
     return list(coords)
 
 
-def precompute_projections(run: Run, methods: tuple[str, ...] = ("umap", "pca"), kinds: tuple[str, ...] | None = None,
+def precompute_projections(run: Run, methods: tuple[str, ...] = METHODS, kinds: tuple[str, ...] | None = None,
                            max_points: int = DEFAULT_MAX_POINTS, seed: int = DEFAULT_SEED,
-                           aligned_methods: tuple[str, ...] = ("pca", "tsne")) -> list[Path]:
+                           aligned_methods: tuple[str, ...] = METHODS, cache_folder: Path | None = None,
+                           progress: Progress | ProgressCallback | None = None,
+                           cancel: CancelEvent | None = None) -> list[Path]:
     """Fill the projection cache with the default parameters (``DEFAULT_PARAMS``) the app uses.
 
+    The files go to ``cache_folder`` when given (e.g. ``RUN/projections`` to ship them with a run), else to
+    :func:`cache_dir` (the user cache for shipped and read-only runs).
+
     For every exported stage, kind (default: all the run has) and method: the single-panel projection
-    of ``select_pixels(run, max_points, seed)``. For methods also in ``aligned_methods``, the
-    stage-aligned set per kind too (``aligned_projections([(run, s, kind) for s in stages], method)``);
-    aligned UMAP is left out by default because it is slow (about 7 minutes for 4 stages x 20000
-    pixels on 2 busy CPU cores, against about 1 minute per single UMAP). Returns the cache files.
+    of ``select_pixels(run, max_points, seed)``. For methods also in ``aligned_methods`` (which may add
+    ``umap-joint``), the stage-aligned set per kind too (``aligned_projections([(run, s, kind) for s in stages],
+    method)``); its first panel is the single map of stage 0, so it costs one map less. ``progress`` counts the
+    maps. Returns the cache files.
     """
     kinds = tuple(run.embedding_kinds()) if kinds is None else kinds
     pixels = select_pixels(run, max_points=max_points, seed=seed)
     stages = run.embedding_stages()
+    aligned = [method for method in aligned_methods if method in methods or method == "umap-joint"] if len(stages) > 1 else []
+    jobs = [(what, method, kind) for method in dict.fromkeys([*methods, *aligned])
+            for what in ("single", "aligned") for kind in kinds
+            if (what == "single" and method in methods) or (what == "aligned" and method in aligned)]
+    progress = as_progress(progress, cancel)
     written = []
-    for method in methods:
-        for kind in kinds:
-            for stage in stages:
-                projection(run, stage, kind, method, pixels=pixels, seed=seed)
-                written.append(projection_cache_path(run, stage, kind, method, pixels=pixels, seed=seed))
-            if method in aligned_methods and len(stages) > 1:
-                items = [(run, stage, kind) for stage in stages]
-                aligned_projections(items, method, pixels=pixels, seed=seed)
-                written.append(aligned_cache_path(items, method, pixels=pixels, seed=seed))
+    for number, (what, method, kind) in enumerate(jobs):
+        label = f"{method} {kind} {'aligned stages' if what == 'aligned' else 'stages'}"
+        part = progress.part(number, len(jobs), label)
+        if what == "single":
+            for index, stage in enumerate(stages):
+                projection(run, stage, kind, method, pixels=pixels, seed=seed, cache_folder=cache_folder,
+                           progress=part.part(index, len(stages), f"stage {stage}"))
+                written.append(projection_cache_path(run, stage, kind, method, pixels=pixels, seed=seed,
+                                                     cache_folder=cache_folder))
+        else:
+            items = [(run, stage, kind) for stage in stages]
+            aligned_projections(items, method, pixels=pixels, seed=seed, cache_folder=cache_folder, progress=part)
+            written.append(aligned_cache_path(items, method, pixels=pixels, seed=seed, cache_folder=cache_folder))
+        part.update(1.0)
     return written

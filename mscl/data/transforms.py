@@ -20,8 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from mscl.data.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 class RandomRescale(v2.Transform):
