@@ -167,6 +167,8 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(int(args.case[0]), args.case[1], args.case[2])))
         return
+    out = args.out or REPO / "benchmarks" / "results" / f"projections-{socket.gethostname()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
                               "stages": STAGES, "dimensions": DIMENSIONS, "classes": CLASSES, "cases": []}
     print(f"machine: {report['machine']}", flush=True)
@@ -176,7 +178,7 @@ def main() -> None:
         exact = [points for points in args.sizes if points <= EXACT_NEIGHBOURS_MAX_POINTS]
         warm = [min(exact)] if exact else []
         warm += [EXACT_NEIGHBOURS_MAX_POINTS + 1000] if max(args.sizes) > EXACT_NEIGHBOURS_MAX_POINTS else []
-        report["numba_warm_up"] = [timed_child(points, "umap", "new", args.limit) for points in warm]
+        report["numba_warm_up"] = [{"points": points, **timed_child(points, "umap", "new", args.limit)} for points in warm]
         print(f"numba cache warm-up (untimed cases): {report['numba_warm_up']}", flush=True)
     for points in args.sizes:
         for method in args.methods:
@@ -189,9 +191,7 @@ def main() -> None:
                 case = {"points": points, "stages": STAGES, "method": method, "implementation": implementation, **result}
                 report["cases"].append(case)
                 print(json.dumps(case), flush=True)
-    out = args.out or REPO / "benchmarks" / "results" / f"projections-{socket.gethostname()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+                out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {out}")
 
 
