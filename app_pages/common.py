@@ -278,6 +278,17 @@ def artifact_guard(run_name: str | None = None) -> Iterator[None]:
                  icon=":material/error:")
 
 
+def runs_that_open(selection: RunSelection, probe: Callable[[Run], Any]) -> list[tuple[str, Run]]:
+    """The selected (label, run) pairs for which ``probe(run)`` reads its artifact; for each other run,
+    ``artifact_guard`` shows which file is missing or malformed and how to get it."""
+    usable = []
+    for label, run in selection.labelled():
+        with artifact_guard(label):
+            probe(run)
+            usable.append((label, run))
+    return usable
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures
 

@@ -37,15 +37,6 @@ def _step_maps(path: str, stamp: int, stage: int, kind: str, method: str) -> dic
     return timeline.step_maps(common.get_run(path), stage, kind, method)
 
 
-def _runs_with_snapshots(selection: common.RunSelection) -> list[tuple[str, Run]]:
-    usable = []
-    for label, run in selection.labelled():
-        with common.artifact_guard(label):
-            run.snapshots()
-            usable.append((label, run))
-    return usable
-
-
 def _curves(usable: list[tuple[str, Run]]) -> tuple[str, list[int]]:
     """Separability per stage over training for every run, val mIoU on the second axis; returns the kind and stages."""
     kinds = [kind for kind in EMBEDDING_KINDS if any(kind in run.snapshots().kinds for _, run in usable)]
@@ -174,7 +165,7 @@ def render() -> None:
                "early or late? At every validation the run kept the embeddings of the same validation pixels; the "
                "curves show their separability per stage, the map shows them move.")
     selection = common.require_runs()
-    usable = _runs_with_snapshots(selection)
+    usable = common.runs_that_open(selection, Run.snapshots)
     if usable:
         with common.artifact_guard():
             kind, stages = _curves(usable)

@@ -47,15 +47,6 @@ def _metrics_by_stage(table: pd.DataFrame) -> pd.DataFrame:
     return by_stage
 
 
-def _runs_with_embeddings(selection: common.RunSelection) -> list[tuple[str, Run]]:
-    usable = []
-    for label, run in selection.labelled():
-        with common.artifact_guard(label):
-            run.embedding_stages()
-            usable.append((label, run))
-    return usable
-
-
 def _pixel_rows(usable: list[tuple[str, Run]]) -> list[np.ndarray]:
     """Embedding rows per run: the same pixels in every run when their exports sampled the same pixels
     (then also the rows the projection cache holds), else each run's own, or on request the shared ones."""
@@ -163,7 +154,7 @@ def render() -> None:
     st.caption("2-D maps of the pixel embeddings of every stage, the same pixels in every panel, next to numbers "
                "that say how well the classes separate. Hover a point for its image, position, label and prediction.")
     selection = common.require_runs()
-    usable = _runs_with_embeddings(selection)
+    usable = common.runs_that_open(selection, Run.embedding_stages)
     if not usable:
         return
     runs = [run for _, run in usable]
